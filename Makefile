@@ -1,0 +1,25 @@
+# `make run` / `make test` each create .venv and install the pinned dependencies if missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test install clean-venv
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade --quiet pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python main.py experiment=quickstart
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --dist loadfile tests
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,52 @@
+"""Checks run before any data is loaded, so a typo costs seconds, not a queued GPU job."""
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from layerwise.errors import ConfigError
+
+
+def _number(cfg: DictConfig, key: str, kind=float, low=None, high=None, allow_none=False):
+    from omegaconf import OmegaConf
+
+    value = OmegaConf.select(cfg, key)
+    if value is None and allow_none:
+        return
+    ok_types = (int,) if kind is int else (int, float)
+    if isinstance(value, bool) or not isinstance(value, ok_types):
+        want = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{key} must be {want}, got {value!r}; e.g. {key}={low if low is not None else 1}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ConfigError(f"{key}={value} is out of range; it must be {bounds}")
+
+
+def check_config(cfg: DictConfig) -> None:
+    _number(cfg, "seed", int, 0)
+    _number(cfg, "data.batch_size", int, 1)
+    _number(cfg, "data.subset_train", int, 1, allow_none=True)
+    _number(cfg, "data.subset_test", int, 1, allow_none=True)
+    _number(cfg, "data.image_size", int, 1, allow_none=True)
+    _number(cfg, "trainer.max_epochs", int, 1)
+    _number(cfg, "optimizer.lr", float, 1e-12)
+    _number(cfg, "optimizer.weight_decay", float, 0)
+    _number(cfg, "model.dropout", float, 0, 0.999)
+    _number(cfg, "model.width_mult", float, 1e-3)
+    if cfg.model.padding_mode not in ("zeros", "circular", "reflect", "replicate"):
+        raise ConfigError(f"model.padding_mode={cfg.model.padding_mode!r} is not known; use zeros or circular")
+
+
+def check_device(trainer_cfg: DictConfig) -> None:
+    import torch
+
+    if trainer_cfg.accelerator not in ("gpu", "cuda"):
+        return
+    if not torch.cuda.is_available():
+        raise ConfigError("a CUDA GPU was requested (trainer.accelerator=gpu / --device cuda) but none is visible "
+                          "to torch; use --device cpu or trainer=default, or check CUDA_VISIBLE_DEVICES and drivers")
+    devices = trainer_cfg.devices
+    wanted = list(devices) if not isinstance(devices, (int, str)) else []
+    missing = [d for d in wanted if int(d) >= torch.cuda.device_count()]
+    if missing:
+        raise ConfigError(f"GPU cuda:{missing[0]} was requested but only {torch.cuda.device_count()} GPU(s) are "
+                          f"visible; use --device cuda:0 .. cuda:{torch.cuda.device_count() - 1}")

@@ -1,0 +1,160 @@
+"""Translation of the original thesis code's command-line flags into Hydra overrides.
+
+`python main.py --dgl --device cuda:0 --epochs 100` becomes
+`python main.py method=dgl trainer.accelerator=gpu trainer.devices=[0] trainer.max_epochs=100`;
+the translation is printed so users learn the override syntax. Hydra's own flags pass through.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+import sys
+from typing import Callable
+
+# The thesis spelled models like "VGG16" or "BasicCNN"; keys are lower-case without separators.
+MODEL_NAMES = {"basiccnn": "basic_cnn", "basic": "basic_cnn", "mlp": "mlp", "vgg11": "vgg11", "vgg11c": "vgg11c",
+               "vgg13": "vgg13", "vgg16": "vgg16", "vgg19": "vgg19"}
+
+
+class LegacyFlagError(ValueError):
+    """A legacy flag that is unknown, not yet available, or has a bad value."""
+
+
+def _model(value: str) -> list[str]:
+    key = value.lower().replace("-", "").replace("_", "")
+    if key not in MODEL_NAMES:
+        raise LegacyFlagError(f"--model {value}: unknown model; choose one of {sorted(set(MODEL_NAMES.values()))}")
+    return [f"model={MODEL_NAMES[key]}"]
+
+
+def _device(value: str) -> list[str]:
+    if value == "cpu":
+        return ["trainer.accelerator=cpu", "trainer.devices=1"]
+    match = re.fullmatch(r"cuda(?::(\d+))?", value)
+    if not match:
+        raise LegacyFlagError(f"--device {value}: expected cpu, cuda or cuda:N")
+    return ["trainer.accelerator=gpu", f"trainer.devices=[{match.group(1) or 0}]"]
+
+
+def _set(key: str) -> Callable[[str], list[str]]:
+    return lambda value: [f"{key}={value}"]
+
+
+def _choice(group: str) -> Callable[[str], list[str]]:
+    return lambda value: [f"{group}={value.lower()}"]
+
+
+# Flags that take a value.
+VALUE_FLAGS: dict[str, Callable[[str], list[str]]] = {
+    "--model": _model,
+    "--device": _device,
+    "--dataset": _choice("data"),
+    "--epochs": _set("trainer.max_epochs"),
+    "--batch_size": _set("data.batch_size"),
+    "--learning_rate": _set("optimizer.lr"),
+    "--optimizer_type": _choice("optimizer"),
+    "--momentum": _set("optimizer.momentum"),
+    "--weight_decay": _set("optimizer.weight_decay"),
+    "--dropout_prob": _set("model.dropout"),
+    "--padding_mode": _set("model.padding_mode"),
+    "--pred_aux_type": _set("method.aux.type"),
+    "--aux_mlp_n_hidden_layers": _set("method.aux.n_hidden_layers"),
+    "--aux_mlp_hidden_dim": _set("method.aux.hidden_dim"),
+    "--path": _set("paths.output_root"),
+    "--log_interval": _set("trainer.log_every_n_steps"),
+    "--seed": _set("seed"),
+    "--data_path": _set("data.root"),
+}
+
+# Switches (no value).
+SWITCH_FLAGS: dict[str, list[str]] = {
+    "--dgl": ["method=dgl"],
+    "--bp": ["method=bp"],
+    "--disable_random_crop": ["data.augment.random_crop=false"],
+    "--disable_horizontal_flip": ["data.augment.horizontal_flip=false"],
+    "--disable_normalization": ["data.normalize=none"],
+    "--disable_augmentation": ["data.augment.random_crop=false", "data.augment.horizontal_flip=false"],
+    "--enable_random_erasing": ["data.augment.random_erasing=true"],
+    "--enable_random_resized_crop": ["data.augment.random_resized_crop=true"],
+    "--enable_gaussian_normalization": ["data.normalize=gaussian"],
+}
+
+# Flags of the original code whose learning rules have not landed yet.
+NOT_YET: dict[str, str] = {
+    **{f: "synthetic gradients (DNI/cDNI)" for f in ("--dni", "--cdni")},
+    **{f: "the SSL reconstruction rule" for f in ("--ssl", "--shift_ssl_labels", "--upsample", "--pred_loss_weight",
+                                                  "--ssl_loss_weight")},
+    **{f: "DGL's direct-global / frozen-block options" for f in (
+        "--is_direct_global", "--use_last_gradient", "--last_gradient_weight", "--first_trainable_block")},
+    **{f: "the feedback-alignment family" for f in ("--fa", "--dfa", "--sign_symmetry")},
+}
+
+# Hydra's own flags: those taking a value, and switches.
+HYDRA_VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--package", "-p",
+                     "--experimental-rerun", "--shell-completion", "-sc"}
+HYDRA_SWITCHES = {"-m", "--multirun", "--cfg", "-c", "--help", "-h", "--hydra-help", "--version", "--resolve",
+                  "--info", "-i", "--run", "-r"}
+HYDRA_CFG_CHOICES = {"job", "hydra", "all"}
+
+
+def _suggest(flag: str) -> str:
+    known = [*VALUE_FLAGS, *SWITCH_FLAGS, *NOT_YET, *HYDRA_VALUE_FLAGS, *HYDRA_SWITCHES]
+    close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else "; see README (legacy flags) or use key=value overrides"
+
+
+def translate(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Returns (new argv for Hydra, the overrides produced from legacy flags)."""
+    out, produced, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("-"):
+            out.append(arg)
+            i += 1
+            continue
+        flag, eq, inline = arg.partition("=")
+        if flag in HYDRA_SWITCHES:
+            out.append(arg)
+            # --cfg / --info take an optional word (job|hydra|all, or an info topic).
+            if flag in ("--cfg", "-c", "--info", "-i") and i + 1 < len(argv) and not argv[i + 1].startswith("-") \
+                    and "=" not in argv[i + 1]:
+                out.append(argv[i + 1])
+                i += 1
+            i += 1
+        elif flag in HYDRA_VALUE_FLAGS:
+            out.append(arg)
+            if not eq and i + 1 < len(argv):
+                out.append(argv[i + 1])
+                i += 1
+            i += 1
+        elif flag in NOT_YET:
+            raise LegacyFlagError(f"{flag} is not available yet: {NOT_YET[flag]} has not landed in layerwise; "
+                                  f"available methods: method=bp, method=dgl")
+        elif flag in SWITCH_FLAGS:
+            produced += SWITCH_FLAGS[flag]
+            i += 1
+        elif flag in VALUE_FLAGS:
+            if eq:
+                value = inline
+            elif i + 1 < len(argv):
+                value = argv[i + 1]
+                i += 1
+            else:
+                raise LegacyFlagError(f"{flag} needs a value, e.g. {flag} 10")
+            produced += VALUE_FLAGS[flag](value)
+            i += 1
+        else:
+            raise LegacyFlagError(f"unknown flag {flag}{_suggest(flag)}")
+    return out + produced, produced
+
+
+def translate_argv(argv: list[str]) -> list[str]:
+    """Translate and print the translation; on a bad flag print one line and exit 2."""
+    try:
+        new_argv, produced = translate(argv)
+    except LegacyFlagError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if produced:
+        print(f"legacy flags -> overrides: {' '.join(produced)}", file=sys.stderr)
+    return new_argv

@@ -1,0 +1,300 @@
+"""Datasets and the LightningDataModule.
+
+Every dataset loader returns a train set, a test set and its `DataInfo`; transforms are built from the
+`data.augment` switches with torchvision.transforms.v2, on PIL images and on tensors alike.
+Offline sets: `digits` (scikit-learn's bundled 8x8 digits) and `synthetic` (procedural, seeded).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from loguru import logger
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision.transforms import v2
+
+from layerwise.errors import ConfigError, DataError
+from layerwise.models import InputSpec
+
+
+@dataclass
+class DataInfo:
+    channels: int
+    size: int
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    from_pil: bool  # samples arrive as PIL images (torchvision sets) rather than float tensors
+
+    @property
+    def spec(self) -> InputSpec:
+        return InputSpec(self.channels, self.size, self.num_classes)
+
+
+class TensorImages(Dataset):
+    """Float images in [0, 1] (N, C, H, W) with integer labels, transformed per sample."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable | None = None):
+        self.images, self.labels, self.transform = images, labels.long(), transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, idx):
+        x = self.images[idx]
+        return (self.transform(x) if self.transform else x), self.labels[idx]
+
+
+def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    return (tuple(images.mean(dim=(0, 2, 3)).tolist()),
+            tuple(images.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()))
+
+
+def _tensor_sets(x_train, y_train, x_test, y_test, num_classes=None):
+    info = DataInfo(channels=x_train.shape[1], size=x_train.shape[-1],
+                    num_classes=int(num_classes or int(max(y_train.max(), y_test.max())) + 1),
+                    mean=(0.0,), std=(1.0,), from_pil=False)
+    info.mean, info.std = _channel_stats(x_train)
+    return TensorImages(x_train, y_train), TensorImages(x_test, y_test), info
+
+
+def _resize(images: torch.Tensor, size: int, channels: int) -> torch.Tensor:
+    if images.shape[-1] != size:
+        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    if images.shape[1] != channels:
+        images = images.expand(-1, channels, -1, -1).contiguous()
+    return images.clamp(0, 1)
+
+
+def load_digits_sets(cfg):
+    """scikit-learn's bundled 8x8 digits (1797 real images), resized, with a fixed stratified split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x = torch.tensor(x, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
+    x = _resize(x, int(cfg.image_size), int(cfg.channels))
+    idx_train, idx_test = train_test_split(np.arange(len(y)), test_size=360, random_state=0, stratify=y)
+    y = torch.tensor(y)
+    return _tensor_sets(x[idx_train], y[idx_train], x[idx_test], y[idx_test], num_classes=10)
+
+
+def synthetic_images(n: int, cfg, prototypes: torch.Tensor, gen: torch.Generator):
+    """Class prototypes, randomly shifted and contrast-scaled, plus gaussian noise."""
+    num_classes, channels, size = prototypes.shape[0], prototypes.shape[1], prototypes.shape[-1]
+    labels = torch.randint(num_classes, (n,), generator=gen)
+    images = prototypes[labels].clone()
+    max_shift = int(cfg.max_shift)
+    if max_shift > 0:
+        shifts = torch.randint(-max_shift, max_shift + 1, (n, 2), generator=gen)
+        for k in range(n):
+            images[k] = torch.roll(images[k], shifts=(int(shifts[k, 0]), int(shifts[k, 1])), dims=(1, 2))
+    contrast = 0.75 + 0.5 * torch.rand(n, 1, 1, 1, generator=gen)
+    images = 0.5 + contrast * (images - 0.5) + float(cfg.noise) * torch.randn(images.shape, generator=gen)
+    return images.clamp(0, 1), labels
+
+
+def load_synthetic_sets(cfg):
+    """A procedural, learnable classification set: deterministic given `data.seed`."""
+    gen = torch.Generator().manual_seed(int(cfg.seed))
+    size, channels, num_classes = int(cfg.image_size), int(cfg.channels), int(cfg.num_classes)
+    # Smooth random patterns: low-resolution noise upsampled, so shifted copies stay recognisable.
+    coarse = torch.rand(num_classes, channels, 4, 4, generator=gen)
+    prototypes = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+    x_train, y_train = synthetic_images(int(cfg.n_train), cfg, prototypes, gen)
+    x_test, y_test = synthetic_images(int(cfg.n_test), cfg, prototypes, gen)
+    return _tensor_sets(x_train, y_train, x_test, y_test, num_classes=num_classes)
+
+
+def load_npz_sets(cfg):
+    """User arrays: x_train, y_train, x_test, y_test; images NHWC/NCHW/NHW, uint8 or float in [0, 1]."""
+    path = Path(str(cfg.path)).expanduser()
+    if not path.is_file():
+        raise DataError(f"data.path={path} does not exist; point data.path at an .npz with "
+                        "x_train, y_train, x_test, y_test arrays")
+    try:
+        with np.load(path) as arrays:
+            missing = {"x_train", "y_train", "x_test", "y_test"} - set(arrays.files)
+            if missing:
+                raise DataError(f"{path} lacks arrays {sorted(missing)}; save it with "
+                                "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)")
+            parts = [arrays[k] for k in ("x_train", "y_train", "x_test", "y_test")]
+    except DataError:
+        raise
+    except Exception as err:  # zipfile/pickle errors for truncated or foreign files
+        raise DataError(f"{path} is not a readable .npz file ({err}); re-create it with np.savez") from err
+
+    def to_images(a: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        t = t.float() / 255.0 if a.dtype == np.uint8 else t.float()
+        if t.ndim == 3:
+            t = t.unsqueeze(1)
+        elif t.ndim == 4 and t.shape[-1] in (1, 3) and t.shape[1] not in (1, 3):
+            t = t.permute(0, 3, 1, 2)
+        return _resize(t, int(cfg.image_size or t.shape[-1]), t.shape[1])
+
+    x_train, x_test = to_images(parts[0]), to_images(parts[2])
+    return _tensor_sets(x_train, torch.from_numpy(parts[1]).long(), x_test, torch.from_numpy(parts[3]).long())
+
+
+# torchvision datasets: class name, per-channel stats, native size, channels, classes, folder for errors.
+TORCHVISION_SETS = {
+    "cifar10": ("CIFAR10", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 32, 3, 10, "cifar-10-batches-py"),
+    "cifar100": ("CIFAR100", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 32, 3, 100, "cifar-100-python"),
+    "mnist": ("MNIST", (0.1307,), (0.3081,), 28, 1, 10, "MNIST/raw"),
+    "fashion_mnist": ("FashionMNIST", (0.2860,), (0.3530,), 28, 1, 10, "FashionMNIST/raw"),
+}
+
+
+def load_torchvision_sets(cfg):
+    import torchvision.datasets as tvd
+
+    cls_name, mean, std, size, channels, classes, folder = TORCHVISION_SETS[cfg.name]
+    cls = getattr(tvd, cls_name)
+    root = Path(str(cfg.root)).expanduser()
+
+    def open_split(train: bool):
+        try:
+            return cls(str(root), train=train, download=False)
+        except RuntimeError:
+            pass  # not there (or incomplete): try to download below
+        except Exception as err:
+            raise DataError(f"{cls_name} files under {root / folder} are unreadable ({err}); "
+                            f"delete that folder and download again") from err
+        if not cfg.download:
+            raise DataError(f"{cls_name} is not in {root / folder} and data.download=false; put the files there "
+                            f"or set data.root=... (env DATA_DIR)")
+        try:
+            return cls(str(root), train=train, download=True)
+        except Exception as err:
+            raise DataError(
+                f"{cls_name} is not in {root / folder} and could not be downloaded ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else 'no network?'}). Put the torchvision files there "
+                f"(or set data.root=... / DATA_DIR), or use data=digits or data=synthetic offline") from err
+
+    train, test = open_split(True), open_split(False)
+    info = DataInfo(channels, size, classes, mean, std, from_pil=True)
+    return train, test, info
+
+
+def load_image_folder_sets(cfg):
+    """Class-subfolder images under data.root/train and data.root/test (or val)."""
+    from torchvision.datasets import ImageFolder
+
+    root = Path(str(cfg.root)).expanduser()
+    test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
+    if not (root / "train").is_dir() or test_dir is None:
+        raise DataError(f"data=image_folder needs {root}/train/<class>/* and {root}/test/<class>/* (or val/); "
+                        f"set data.root to such a folder")
+    try:
+        train, test = ImageFolder(str(root / "train")), ImageFolder(str(test_dir))
+    except (FileNotFoundError, PermissionError) as err:
+        raise DataError(f"cannot read images under {root}: {err}; check the folder's contents and permissions") from err
+    channels = int(cfg.channels)
+    info = DataInfo(channels, int(cfg.image_size), len(train.classes), (0.5,) * channels, (0.5,) * channels, True)
+    return train, test, info
+
+
+LOADERS: dict[str, Callable] = {
+    "digits": load_digits_sets,
+    "synthetic": load_synthetic_sets,
+    "npz": load_npz_sets,
+    "image_folder": load_image_folder_sets,
+    **{name: load_torchvision_sets for name in TORCHVISION_SETS},
+}
+
+
+def build_transform(cfg, info: DataInfo, train: bool) -> v2.Compose:
+    """The thesis's augmentations as switches, then normalisation."""
+    aug, size = cfg.augment, int(cfg.image_size or info.size)
+    steps: list = []
+    if info.from_pil:
+        if cfg.name == "image_folder":
+            steps.append(v2.Grayscale(info.channels) if info.channels == 1 else v2.RGB())
+        steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+        if size != info.size or cfg.name == "image_folder":
+            steps.append(v2.Resize((size, size), antialias=True))
+    if train:
+        if aug.random_resized_crop:
+            steps.append(v2.RandomResizedCrop(size, scale=(float(aug.resized_crop_min_scale), 1.0), antialias=True))
+        elif aug.random_crop:
+            steps.append(v2.RandomCrop(size, padding=int(aug.crop_padding)))
+        if aug.horizontal_flip:
+            steps.append(v2.RandomHorizontalFlip())
+    if cfg.normalize == "minus_one_one":
+        steps.append(v2.Normalize([0.5] * info.channels, [0.5] * info.channels))
+    elif cfg.normalize == "gaussian":
+        steps.append(v2.Normalize(list(info.mean), list(info.std)))
+    elif cfg.normalize != "none":
+        raise ConfigError(f"data.normalize={cfg.normalize!r} is not known; choose minus_one_one, gaussian or none")
+    if train and aug.random_erasing:
+        steps.append(v2.RandomErasing(p=float(aug.erasing_p)))
+    return v2.Compose(steps)
+
+
+def _subset(ds: Dataset, n, seed: int) -> Dataset:
+    if not n or n >= len(ds):
+        return ds
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))
+    return Subset(ds, order[: int(n)].tolist())
+
+
+def _with_transform(ds: Dataset, transform) -> Dataset:
+    if isinstance(ds, TensorImages):
+        return TensorImages(ds.images, ds.labels, transform)
+    ds.transform = transform
+    return ds
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Loads `data.name` once; `info` (channels, size, classes) is known after `setup()`."""
+
+    def __init__(self, cfg, pin_memory: bool = False):
+        super().__init__()
+        if cfg.name not in LOADERS:
+            raise ConfigError(f"data={cfg.name!r} is not known; available: {', '.join(sorted(LOADERS))}")
+        self.cfg, self.pin_memory = cfg, pin_memory
+        self.info: DataInfo | None = None
+        self.train_set = self.test_set = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        train, test, info = LOADERS[self.cfg.name](self.cfg)
+        if self.cfg.image_size:
+            info.size = int(self.cfg.image_size)
+        self.info = info
+        train = _with_transform(train, build_transform(self.cfg, info, train=True))
+        test = _with_transform(test, build_transform(self.cfg, info, train=False))
+        self.train_set = _subset(train, self.cfg.subset_train, int(self.cfg.seed))
+        self.test_set = _subset(test, self.cfg.subset_test, int(self.cfg.seed) + 1)
+        logger.info(f"data {self.cfg.name}: {len(self.train_set)} train / {len(self.test_set)} test, "
+                    f"{info.channels}x{info.size}x{info.size}, {info.num_classes} classes")
+
+    def _workers(self) -> int:
+        if self.cfg.num_workers is not None:
+            return int(self.cfg.num_workers)
+        # In-memory tensor sets are faster without worker processes.
+        return 0 if not self.info.from_pil else min(8, os.cpu_count() or 1)
+
+    def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
+        workers = self._workers()
+        return DataLoader(ds, batch_size=int(self.cfg.batch_size), shuffle=shuffle, num_workers=workers,
+                          pin_memory=self.pin_memory, persistent_workers=workers > 0,
+                          drop_last=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+    def example_batch(self) -> torch.Tensor:
+        """A small untransformed-shape batch for building shape-dependent modules."""
+        return torch.stack([self.test_set[i][0] for i in range(min(2, len(self.test_set)))])

@@ -1,0 +1,118 @@
+"""The learning-rule interface the training loop talks to.
+
+A rule answers, for one batch, how each block is trained:
+- `block_input(i, x)`: what block i sees (detached for local rules, so no gradient crosses blocks);
+  i == n_blocks is the head's input.
+- `block_signal(i, h, y)`: the training signal for block i's output h, as a `Signal` (a local loss,
+  a gradient to inject into h, or both), or None when block i learns from what flows back into it.
+- `head_signal(logits, y)`: the signal at the network's output.
+- `train_groups(net)`: which parameters share an optimizer, and after which block's signal that
+  optimizer steps. A group stepping after block i is stepped before block i+1 runs.
+Rules never import Lightning: they work on plain tensors and modules.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from layerwise.models import Network
+
+
+@dataclass
+class Signal:
+    """How to train one block on this batch.
+
+    loss: a scalar to backpropagate (reported as the block's loss).
+    grad: a gradient to inject into the block's output (e.g. synthetic or feedback gradients).
+    logits: predictions of an auxiliary head, for the block's accuracy.
+    """
+
+    loss: torch.Tensor | None = None
+    grad: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+    def surrogate(self, h: torch.Tensor) -> torch.Tensor:
+        """One scalar whose backward applies both the loss and the injected gradient."""
+        total = self.loss if self.loss is not None else h.new_zeros(())
+        if self.grad is not None:
+            total = total + (h * self.grad.detach()).sum()
+        return total
+
+
+@dataclass
+class TrainGroup:
+    """Parameters trained by one optimizer, stepped right after the signal of block `step_after`.
+
+    step_after == n_blocks means after the head's signal.
+    """
+
+    name: str
+    modules: list[nn.Module] = field(default_factory=list)
+    step_after: int = 0
+
+    def parameters(self):
+        for module in self.modules:
+            yield from (p for p in module.parameters() if p.requires_grad)
+
+
+class LearningRule(nn.Module):
+    """Base class: plain backprop semantics; subclasses override what differs."""
+
+    name = "base"
+    #: True when no gradient may cross block boundaries (inputs are detached).
+    local = False
+
+    def __init__(self, cfg=None):
+        super().__init__()
+        self.cfg = cfg
+        self.n_blocks = 0
+
+    def setup(self, net: Network, example: torch.Tensor, num_classes: int) -> None:
+        """Build the rule's own modules (aux heads, ...) for this network; `example` is one input batch.
+
+        Subclasses call this first.
+        """
+        self.n_blocks = len(net.blocks)
+
+    def block_input(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        # Local rules cut the graph between blocks; the head still backpropagates into the last block.
+        return x.detach() if self.local and 0 < i < self.n_blocks else x
+
+    def block_signal(self, i: int, h: torch.Tensor, y: torch.Tensor) -> Signal | None:
+        return None
+
+    def head_signal(self, logits: torch.Tensor, y: torch.Tensor) -> Signal:
+        return Signal(loss=F.cross_entropy(logits, y), logits=logits)
+
+    def block_logits(self, i: int, h: torch.Tensor) -> torch.Tensor | None:
+        """Early-exit predictions of block i at evaluation time, if the rule has an aux head there."""
+        return None
+
+    def evaluate(self, net: Network, x: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Test-time logits of the network, and of every block that has an early-exit head."""
+        exits = {}
+        for i, block in enumerate(net.blocks):
+            x = block(x)
+            logits = self.block_logits(i, x)
+            if logits is not None:
+                exits[i] = logits
+        return net.head(x), exits
+
+    def train_groups(self, net: Network) -> list[TrainGroup]:
+        return [TrainGroup("all", [net, self], step_after=len(net.blocks))]
+
+    def describe(self) -> str:
+        return self.name
+
+
+def output_shapes(net: Network, example: torch.Tensor) -> list[torch.Size]:
+    """Per-block output shapes (without the batch dim) for one example batch, in eval mode."""
+    was_training = net.training
+    net.eval()
+    with torch.no_grad():
+        shapes = [o.shape[1:] for o in net.block_outputs(example[:2])]
+    net.train(was_training)
+    return shapes

@@ -1,0 +1,175 @@
+"""Networks as an ordered list of blocks plus a head.
+
+Every architecture is first built as a flat list of *layers* (a conv with its BN/ReLU and any following
+pool, or a Linear with its activation); `model.blocks` then groups consecutive layers into the blocks a
+learning rule trains locally. The head maps the last block's output to logits.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from layerwise.errors import ConfigError
+
+# Channel plans of the CIFAR VGGs ("M" = 2x2 max-pool).
+VGG_PLANS: dict[str, list] = {
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+              512, 512, 512, 512, "M"],
+    # VGG11's convs with only the first three pools: a 4x4 map on 32x32 input, followed by an MLP.
+    "vgg11c": [64, "M", 128, "M", 256, 256, "M", 512, 512, 512, 512],
+}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    channels: int
+    size: int
+    num_classes: int
+
+
+class Network(nn.Module):
+    """`blocks` run in order, `head` maps the last block's output to logits."""
+
+    def __init__(self, blocks: Sequence[nn.Module], head: nn.Module):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+    def block_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        outs = []
+        for block in self.blocks:
+            x = block(x)
+            outs.append(x)
+        return outs
+
+
+def _activation(name: str) -> nn.Module:
+    table = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "elu": nn.ELU}
+    if name not in table:
+        raise ConfigError(f"model.activation={name!r} is not known; choose one of {sorted(table)}")
+    return table[name]()
+
+
+def _conv_layer(c_in: int, c_out: int, kernel: int, pool: bool, cfg) -> nn.Sequential:
+    layers: list[nn.Module] = [
+        nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, padding_mode=cfg.padding_mode,
+                  bias=not cfg.batch_norm)
+    ]
+    if cfg.batch_norm:
+        layers.append(nn.BatchNorm2d(c_out))
+    layers.append(_activation(cfg.activation))
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
+
+
+def mlp(dim_in: int, hidden: Sequence[int], dim_out: int, dropout: float = 0.0,
+        activation: str = "relu") -> nn.Sequential:
+    """Flatten -> [Dropout -> Linear -> act]* -> Dropout -> Linear."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    for width in hidden:
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        layers += [nn.Linear(dim_in, width), _activation(activation)]
+        dim_in = width
+    if dropout > 0:
+        layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(dim_in, dim_out))
+    return nn.Sequential(*layers)
+
+
+def _scaled(width: int, mult: float) -> int:
+    return max(1, int(round(width * mult)))
+
+
+def conv_layers(plan: Sequence, in_channels: int, cfg) -> tuple[list[nn.Module], int, int]:
+    """Turn a channel plan into layers; a pool folds into the conv layer before it.
+
+    Returns the layers, the output channel count and the number of pools.
+    """
+    if plan and plan[0] == "M":
+        raise ConfigError("a channel plan cannot start with a pool ('M')")
+    layers, c_in, pools = [], in_channels, 0
+    for pos, item in enumerate(plan):
+        if item == "M":
+            continue
+        pool = pos + 1 < len(plan) and plan[pos + 1] == "M"
+        pools += pool
+        c_out = _scaled(int(item), cfg.width_mult)
+        layers.append(_conv_layer(c_in, c_out, cfg.kernel_size, pool, cfg))
+        c_in = c_out
+    return layers, c_in, pools
+
+
+def group_layers(layers: list[nn.Module], blocks) -> list[nn.Module]:
+    """Group consecutive layers into blocks.
+
+    `blocks` is None (one block per layer), an int K (K nearly equal groups) or a list of group sizes.
+    """
+    n = len(layers)
+    if blocks is None:
+        sizes = [1] * n
+    elif isinstance(blocks, int):
+        if not 1 <= blocks <= n:
+            raise ConfigError(f"model.blocks={blocks} must be between 1 and the number of layers ({n})")
+        base, extra = divmod(n, blocks)
+        sizes = [base + (i < extra) for i in range(blocks)]
+    else:
+        sizes = [int(s) for s in blocks]
+        if any(s < 1 for s in sizes) or sum(sizes) != n:
+            raise ConfigError(
+                f"model.blocks={list(sizes)} must be positive group sizes summing to the {n} layers of "
+                f"this model (e.g. model.blocks=[{','.join(['1'] * n)}])")
+    grouped, start = [], 0
+    for size in sizes:
+        chunk = layers[start:start + size]
+        grouped.append(chunk[0] if size == 1 else nn.Sequential(*chunk))
+        start += size
+    return grouped
+
+
+def build_network(cfg, spec: InputSpec) -> Network:
+    """Build the network named by `cfg.arch` for inputs described by `spec`."""
+    arch = cfg.arch
+    if arch == "mlp":
+        layers, dim = [], spec.channels * spec.size * spec.size
+        for i, width in enumerate(cfg.widths):
+            seq: list[nn.Module] = [nn.Flatten()] if i == 0 else []
+            seq.append(nn.Linear(dim, int(width)))
+            if cfg.batch_norm:
+                seq.append(nn.BatchNorm1d(int(width)))
+            seq.append(_activation(cfg.activation))
+            layers.append(nn.Sequential(*seq))
+            dim = int(width)
+        if not layers:
+            raise ConfigError("model.widths must list at least one hidden width for arch=mlp")
+        head = mlp(dim, cfg.head_hidden, spec.num_classes, cfg.dropout, cfg.activation)
+        return Network(group_layers(layers, cfg.blocks), head)
+
+    if arch == "basic_cnn":
+        plan: list = []
+        for c in cfg.channels:
+            plan += [c, "M"]
+    elif arch in VGG_PLANS:
+        plan = VGG_PLANS[arch]
+    else:
+        raise ConfigError(f"model.arch={arch!r} is not known; choose mlp, basic_cnn or one of {sorted(VGG_PLANS)}")
+    layers, channels, pools = conv_layers(plan, spec.channels, cfg)
+    side = spec.size // (2 ** pools)
+    if side < 1:
+        raise ConfigError(
+            f"model {cfg.name} pools {pools} times, too often for {spec.size}px inputs; "
+            f"use data.image_size >= {2 ** pools}")
+    head = mlp(channels * side * side, cfg.head_hidden, spec.num_classes, cfg.dropout, cfg.activation)
+    return Network(group_layers(layers, cfg.blocks), head)

@@ -1,0 +1,146 @@
+"""The one LightningModule: runs blocks in order and trains each with the signal its rule gives.
+
+It never names a rule. For each block: forward on the rule's view of the input, backward the rule's
+signal, step the optimizers whose group is complete, move on. Local rules detach block inputs, so each
+block's graph is freed by its own backward before the next block runs.
+
+Manual optimization facts handled here: with K optimizers Lightning's `global_step` advances K per
+batch, so nothing here is step-based (epochs drive schedulers and checkpoints); `self.optimizers()`
+returns a bare optimizer when there is one; clipping is ours via `self.clip_gradients`.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from layerwise.memory import ActivationMeter
+from layerwise.methods.base import LearningRule, Signal
+from layerwise.models import Network
+from layerwise.optim import build_optimizer, build_scheduler
+
+
+def _accuracy(num_classes: int) -> MulticlassAccuracy:
+    return MulticlassAccuracy(num_classes=num_classes, average="micro")
+
+
+class LayerwiseModule(L.LightningModule):
+    def __init__(self, net: Network, rule: LearningRule, optim_cfg, num_classes: int, example: torch.Tensor,
+                 max_epochs: int = 1, grad_clip: float | None = None, memory_batches: int = 2):
+        super().__init__()
+        self.automatic_optimization = False
+        self.net, self.rule = net, rule
+        self.optim_cfg, self.max_epochs, self.grad_clip = optim_cfg, max_epochs, grad_clip
+        self.memory_batches = memory_batches
+        self.groups = rule.train_groups(net)
+        self._groups_after: dict[int, list[int]] = defaultdict(list)
+        for k, group in enumerate(self.groups):
+            self._groups_after[group.step_after].append(k)
+
+        n = len(net.blocks)
+        with torch.no_grad():
+            net.eval()
+            _, exits = rule.evaluate(net, example)
+            net.train()
+        # Blocks with an early-exit head report its accuracy; the last block of such a rule reports the
+        # network head's, since that is the classifier it is trained with.
+        self.exit_blocks = sorted(exits)
+        self.reported_blocks = self.exit_blocks + ([n - 1] if self.exit_blocks and n - 1 not in exits else [])
+        self.train_acc, self.test_acc = _accuracy(num_classes), _accuracy(num_classes)
+        self.block_train_acc = nn.ModuleDict({str(i): _accuracy(num_classes) for i in range(n)})
+        self.block_test_acc = nn.ModuleDict({str(i): _accuracy(num_classes) for i in self.reported_blocks})
+        self.meter = ActivationMeter()
+        self._samples = 0
+        self._t_first = self._t_last = 0.0
+
+    # ----------------------------------------------------------------- optimizers
+    def configure_optimizers(self):
+        optimizers, schedulers = [], []
+        for group in self.groups:
+            opt = build_optimizer(group.parameters(), self.optim_cfg)
+            optimizers.append(opt)
+            sched = build_scheduler(opt, self.optim_cfg, self.max_epochs)
+            if sched is not None:
+                schedulers.append(sched)
+        return optimizers, schedulers
+
+    def _optimizer_list(self) -> list:
+        opts = self.optimizers()
+        return opts if isinstance(opts, list) else [opts]
+
+    def _step_groups(self, after: int, optimizers: list) -> None:
+        for k in self._groups_after.get(after, ()):
+            opt = optimizers[k]
+            if self.grad_clip:
+                self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    # ----------------------------------------------------------------- training
+    def _backward_signal(self, signal: Signal | None, out: torch.Tensor, y: torch.Tensor, prefix: str, acc) -> None:
+        if signal is None:
+            return
+        self.manual_backward(signal.surrogate(out))
+        if signal.loss is not None:
+            self.log(f"{prefix}loss", signal.loss.detach(), on_step=False, on_epoch=True, batch_size=len(y))
+        if signal.logits is not None:
+            acc.update(signal.logits.detach(), y)
+            self.log(f"{prefix}acc", acc, on_step=False, on_epoch=True)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        optimizers = self._optimizer_list()
+        n = len(self.net.blocks)
+        with self.meter.track(x.device, enabled=batch_idx < self.memory_batches):
+            h = x
+            for i, block in enumerate(self.net.blocks):
+                h = block(self.rule.block_input(i, h))
+                self._backward_signal(self.rule.block_signal(i, h, y), h, y, f"block{i}/train_", self.block_train_acc[str(i)])
+                self._step_groups(i, optimizers)
+            logits = self.net.head(self.rule.block_input(n, h))
+            self._backward_signal(self.rule.head_signal(logits, y), logits, y, "train/", self.train_acc)
+            self._step_groups(n, optimizers)
+        self._samples += len(y)
+
+    def on_train_epoch_start(self) -> None:
+        self._samples = 0
+        self._t_first = self._t_last = time.perf_counter()
+        self.meter.reset()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self._t_last = time.perf_counter()
+
+    @property
+    def imgs_per_sec(self) -> float:
+        elapsed = self._t_last - self._t_first
+        return self._samples / elapsed if elapsed > 0 else 0.0
+
+    def on_train_epoch_end(self) -> None:
+        schedulers = self.lr_schedulers()
+        for sched in (schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []):
+            sched.step()
+        self.log_dict({
+            "train/imgs_per_sec": self.imgs_per_sec,
+            "train/peak_activation_mb": self.meter.peak_mb,
+            "train/lr": self._optimizer_list()[0].param_groups[0]["lr"],
+        })
+
+    # ----------------------------------------------------------------- evaluation
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits, exits = self.rule.evaluate(self.net, x)
+        self.log("test/loss", F.cross_entropy(logits, y), on_epoch=True, batch_size=len(y))
+        self.test_acc.update(logits, y)
+        self.log("test/acc", self.test_acc, on_epoch=True)
+        for i in self.reported_blocks:
+            metric = self.block_test_acc[str(i)]
+            metric.update(exits.get(i, logits), y)
+            self.log(f"block{i}/test_acc", metric, on_epoch=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rule.evaluate(self.net, x)[0]

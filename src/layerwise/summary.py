@@ -1,0 +1,70 @@
+"""summary.json: one file per run, written atomically at the end and when a run stops early."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _value(metrics: dict, key: str):
+    v = metrics.get(key)
+    return float(v) if isinstance(v, (torch.Tensor, float, int)) else None
+
+
+class SummaryCallback(L.Callback):
+    """Tracks best test accuracy per epoch and writes `summary.json` with the run's status."""
+
+    def __init__(self, path: Path, identity: dict):
+        self.path, self.identity = path, identity
+        self.t0 = time.perf_counter()
+        self.best_test_acc: float | None = None
+        self.imgs_per_sec: list[float] = []
+        self.peak_activation_mb = 0.0
+        self.data: dict = {}
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        acc = _value(trainer.callback_metrics, "test/acc")
+        if acc is not None:
+            self.best_test_acc = acc if self.best_test_acc is None else max(self.best_test_acc, acc)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.imgs_per_sec.append(pl_module.imgs_per_sec)
+        self.peak_activation_mb = max(self.peak_activation_mb, pl_module.meter.peak_mb)
+
+    def write(self, trainer, pl_module, status: str) -> dict:
+        m = trainer.callback_metrics
+        blocks = getattr(pl_module, "reported_blocks", [])
+        self.data = {
+            "status": status,
+            **self.identity,
+            "epochs_done": int(trainer.current_epoch),
+            "test_acc": _value(m, "test/acc"),
+            "best_test_acc": self.best_test_acc,
+            "test_loss": _value(m, "test/loss"),
+            "block_test_acc": [_value(m, f"block{i}/test_acc") for i in blocks],
+            # The first epoch includes warm-up (allocator, lazy init); report the rest where there is a rest.
+            "imgs_per_sec": (sum(self.imgs_per_sec[1:]) / len(self.imgs_per_sec[1:]) if len(self.imgs_per_sec) > 1
+                             else (self.imgs_per_sec[0] if self.imgs_per_sec else None)),
+            "peak_activation_mb": round(self.peak_activation_mb, 3),
+            "wall_s": round(time.perf_counter() - self.t0, 2),
+        }
+        write_json_atomic(self.path, self.data)
+        return self.data
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self.write(trainer, pl_module, "interrupted" if trainer.interrupted else "completed")
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self.write(trainer, pl_module, "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed")

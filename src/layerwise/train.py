@@ -1,0 +1,129 @@
+"""One experiment from a composed config: data, network, rule, Lightning trainer, outputs."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from loguru import logger
+from omegaconf import DictConfig, OmegaConf
+
+from layerwise.checks import check_config, check_device
+from layerwise.data import ImageDataModule
+from layerwise.errors import LayerwiseError
+from layerwise.methods import build_rule
+from layerwise.models import build_network
+from layerwise.module import LayerwiseModule
+from layerwise.runlog import add_run_log, setup_console
+from layerwise.summary import SummaryCallback
+from layerwise.wandb_setup import build_wandb_logger
+
+
+def _run_dir(cfg: DictConfig) -> Path:
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(cfg.paths.output_root) / str(cfg.name)
+
+
+def _is_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _loggers(cfg: DictConfig, run_dir: Path) -> list:
+    loggers = []
+    if cfg.logger.csv:
+        loggers.append(CSVLogger(save_dir=str(run_dir), name="", version=""))
+    if cfg.logger.wandb:
+        config = OmegaConf.to_container(cfg, resolve=True)
+        wandb_logger = build_wandb_logger(cfg, run_dir, str(cfg.name), config)
+        if wandb_logger is not None:
+            loggers.append(wandb_logger)
+    return loggers
+
+
+def _progress_callbacks(cfg: DictConfig) -> list:
+    show = cfg.trainer.progress_bar
+    if show == "auto":
+        show = sys.stderr.isatty()
+    return [RichProgressBar(leave=False)] if show else []
+
+
+def _limit(value):
+    return None if value in (None, 1.0) else value
+
+
+def build_experiment(cfg: DictConfig):
+    """Data module, network, rule and LightningModule for `cfg` (no trainer)."""
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    datamodule = ImageDataModule(cfg.data, pin_memory=cfg.trainer.accelerator in ("gpu", "cuda"))
+    datamodule.setup("fit")
+    info = datamodule.info
+    net = build_network(cfg.model, info.spec)
+    rule = build_rule(cfg.method)
+    example = datamodule.example_batch()
+    rule.setup(net, example, info.num_classes)
+    module = LayerwiseModule(net, rule, cfg.optimizer, info.num_classes, example,
+                             max_epochs=int(cfg.trainer.max_epochs), grad_clip=cfg.trainer.grad_clip,
+                             memory_batches=int(cfg.trainer.memory_batches))
+    return datamodule, module
+
+
+def fit(cfg: DictConfig, run_dir: Path) -> dict:
+    datamodule, module = build_experiment(cfg)
+    n_params = sum(p.numel() for p in module.parameters())
+    logger.info(f"{cfg.name}: {module.rule.describe()} on {cfg.model.name} ({len(module.net.blocks)} blocks, "
+                f"{len(module.groups)} optimizers, {n_params / 1e6:.2f}M params incl. aux) -> {run_dir}")
+    identity = {"name": str(cfg.name), "method": str(cfg.method.name), "model": str(cfg.model.name),
+                "data": str(cfg.data.name), "seed": int(cfg.seed)}
+    summary = SummaryCallback(run_dir / "summary.json", identity)
+    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="test/acc", mode="max",
+                                  save_top_k=1, save_last=True, auto_insert_metric_name=False)
+    t = cfg.trainer
+    trainer = L.Trainer(
+        accelerator=t.accelerator, devices=t.devices, precision=t.precision, max_epochs=int(t.max_epochs),
+        limit_train_batches=_limit(t.limit_train_batches), limit_val_batches=_limit(t.limit_val_batches),
+        check_val_every_n_epoch=int(t.check_val_every_n_epoch), log_every_n_steps=int(t.log_every_n_steps),
+        deterministic=t.deterministic, benchmark=t.benchmark, num_sanity_val_steps=0,
+        logger=_loggers(cfg, run_dir) or False, callbacks=[summary, checkpoints, *_progress_callbacks(cfg)],
+        enable_progress_bar=bool(_progress_callbacks(cfg)), enable_model_summary=False,
+        default_root_dir=str(run_dir),
+    )
+    trainer.fit(module, datamodule=datamodule)
+    result = summary.data
+    logger.info(f"{cfg.name}: {result.get('status')} after {result.get('epochs_done')} epochs, "
+                f"test acc {result.get('test_acc') or 0:.4f} (best {result.get('best_test_acc') or 0:.4f})")
+    return result
+
+
+def run(cfg: DictConfig) -> float | None:
+    """Hydra task: train one configuration; returns the final test accuracy (for sweepers)."""
+    setup_console()
+    run_dir = _run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    sink = add_run_log(run_dir)
+    try:
+        check_config(cfg)
+        check_device(cfg.trainer)
+        return fit(cfg, run_dir).get("test_acc")
+    except LayerwiseError as err:
+        logger.error(f"{err}")
+        if _is_multirun():
+            raise
+        sys.exit(2)
+    finally:
+        _finish_wandb()
+        logger.remove(sink)
+
+
+def _finish_wandb() -> None:
+    # Each (multirun) job must close its own wandb run, or the next job logs into it.
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
