@@ -41,12 +41,13 @@ def check_device(trainer_cfg: DictConfig) -> None:
 
     if trainer_cfg.accelerator not in ("gpu", "cuda"):
         return
-    if not torch.cuda.is_available():
-        raise ConfigError("a CUDA GPU was requested (trainer.accelerator=gpu / --device cuda) but none is visible "
-                          "to torch; use --device cpu or trainer=default, or check CUDA_VISIBLE_DEVICES and drivers")
     devices = trainer_cfg.devices
-    wanted = list(devices) if not isinstance(devices, (int, str)) else []
-    missing = [d for d in wanted if int(d) >= torch.cuda.device_count()]
+    wanted = [int(d) for d in devices] if not isinstance(devices, (int, str)) else [0]
+    if not torch.cuda.is_available():
+        raise ConfigError(f"GPU cuda:{wanted[0]} was requested (trainer.accelerator=gpu) but torch sees no CUDA GPU; "
+                          "use --device cpu (trainer.accelerator=cpu), or check CUDA_VISIBLE_DEVICES and drivers")
+    count = torch.cuda.device_count()
+    missing = [d for d in wanted if d >= count]
     if missing:
-        raise ConfigError(f"GPU cuda:{missing[0]} was requested but only {torch.cuda.device_count()} GPU(s) are "
-                          f"visible; use --device cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+        raise ConfigError(f"GPU cuda:{missing[0]} was requested but only {count} GPU(s) are visible; "
+                          f"use --device cuda:0 .. cuda:{count - 1}")

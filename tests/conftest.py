@@ -1,0 +1,53 @@
+"""Shared helpers: composing configs in-process and running the real CLI in a subprocess."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+# Small and fast: a few hundred synthetic images, narrow convs.
+TINY = ["data=synthetic", "data.n_train=192", "data.n_test=64", "data.batch_size=64", "data.image_size=16",
+        "trainer.accelerator=cpu", "trainer.max_epochs=1", "logger=csv", "trainer.progress_bar=false"]
+
+
+def compose_cfg(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def fit_cfg(overrides: list[str], run_dir: Path) -> dict:
+    """Train in-process (no Hydra run dir) and return the summary."""
+    from layerwise.runlog import setup_console
+    from layerwise.train import fit
+
+    setup_console("WARNING")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return fit(compose_cfg(overrides), run_dir)
+
+
+def run_cli(args: list[str], out_root: Path, env: dict | None = None, timeout: int = 300):
+    full_env = {**os.environ, "LAYERWISE_OUTPUT_ROOT": str(out_root), **(env or {})}
+    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=out_root, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_dirs(out_root: Path) -> list[Path]:
+    return sorted(p.parent for p in out_root.rglob("summary.json"))
+
+
+def read_summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.fixture
+def tiny():
+    return list(TINY)

@@ -1,0 +1,66 @@
+"""The command line: legacy flags translate, and bad input gets one clear error and a non-zero exit."""
+import pytest
+
+from conftest import TINY, read_summary, run_cli, run_dirs
+from layerwise.cli import LegacyFlagError, translate
+
+
+def test_legacy_flags_translate_to_overrides():
+    argv, produced = translate(["--dgl", "--device", "cuda:1", "--model", "VGG16", "--epochs", "100",
+                                "--batch_size=64", "--learning_rate", "0.01", "--optimizer_type", "Adam",
+                                "--momentum", "0.8", "--weight_decay", "1e-4", "--dropout_prob", "0.2",
+                                "--padding_mode", "circular", "--pred_aux_type", "cnn", "--aux_mlp_n_hidden_layers",
+                                "2", "--aux_mlp_hidden_dim", "512", "--path", "/runs", "--log_interval", "10",
+                                "--disable_random_crop", "--enable_random_erasing", "seed=3"])
+    assert argv[0] == "seed=3"
+    assert produced == [
+        "method=dgl", "trainer.accelerator=gpu", "trainer.devices=[1]", "model=vgg16", "trainer.max_epochs=100",
+        "data.batch_size=64", "optimizer.lr=0.01", "optimizer=adam", "optimizer.momentum=0.8",
+        "optimizer.weight_decay=1e-4", "model.dropout=0.2", "model.padding_mode=circular", "method.aux.type=cnn",
+        "method.aux.n_hidden_layers=2", "method.aux.hidden_dim=512", "paths.output_root=/runs",
+        "trainer.log_every_n_steps=10", "data.augment.random_crop=false", "data.augment.random_erasing=true"]
+
+
+def test_hydra_flags_pass_through_untouched():
+    args = ["-m", "method=bp,dgl", "--cfg", "job", "--config-name", "config", "hydra/launcher=basic"]
+    assert translate(args) == (args, [])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epoch", "3"], "did you mean --epochs"),
+    (["--dni"], "not available yet"),
+    (["--model", "resnet50"], "unknown model"),
+    (["--device", "tpu"], "expected cpu, cuda or cuda:N"),
+    (["--epochs"], "needs a value"),
+])
+def test_bad_legacy_flags(argv, message):
+    with pytest.raises(LegacyFlagError, match=message):
+        translate(argv)
+
+
+def test_legacy_dgl_on_cpu_runs_end_to_end(tmp_path):
+    res = run_cli(["--dgl", "--device", "cpu", "--epochs", "1", "--batch_size", "64", *TINY[:-4],
+                   "model=mlp", "model.widths=[32,32]", "logger=csv"], tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "legacy flags -> overrides: method=dgl trainer.accelerator=cpu" in res.stderr
+    (run,) = run_dirs(tmp_path)
+    assert read_summary(run)["method"] == "dgl" and read_summary(run)["status"] == "completed"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["method=foo"], "Could not find 'method/foo'"),
+    (["data=cifar11"], "Available options in 'data'"),
+    (["trainer.max_epoch=3"], "Key 'max_epoch' is not in struct"),
+    (["trainer.max_epochs=abc"], "trainer.max_epochs must be an integer"),
+    (["optimizer.lr=-1"], "optimizer.lr=-1 is out of range"),
+    (["--epoch", "3"], "unknown flag --epoch; did you mean --epochs?"),
+    (["--device", "cuda:99"], "GPU cuda:99 was requested"),
+    (["data=cifar10", "data.root=nodata", "data.download=false"], "CIFAR10 is not in"),
+    (["data=npz", "data.path=missing.npz"], "data.path="),
+], ids=["group-option", "typo-group", "unknown-key", "bad-type", "range", "legacy-flag", "cuda", "dataset-offline",
+        "npz-missing"])
+def test_bad_input_exits_non_zero_with_one_clear_line(args, message, tmp_path):
+    res = run_cli([*args, "logger=none"] if args[0] not in ("--epoch",) else args, tmp_path, timeout=120)
+    assert res.returncode != 0
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr
