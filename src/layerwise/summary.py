@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from loguru import logger
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -68,3 +69,24 @@ class SummaryCallback(L.Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self.write(trainer, pl_module, "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed")
+
+
+class EpochLine(L.Callback):
+    """One log line per epoch: on the console when there is no progress bar, always in run.log."""
+
+    def __init__(self, console: bool):
+        self.level = "INFO" if console else "DEBUG"
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        m = trainer.callback_metrics
+        parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
+        for key, label, fmt in (("train/loss", "loss", ".4f"), ("train/acc", "acc", ".4f"),
+                                ("test/loss", "test loss", ".4f"), ("test/acc", "test acc", ".4f"),
+                                ("train/imgs_per_sec", "img/s", ".0f")):
+            value = _value(m, key)
+            if value is not None:
+                parts.append(f"{label} {value:{fmt}}")
+        blocks = [_value(m, f"block{i}/test_acc") for i in getattr(pl_module, "reported_blocks", [])]
+        if blocks and None not in blocks:
+            parts.append("blocks " + " ".join(f"{b:.3f}" for b in blocks))
+        logger.log(self.level, "  ".join(parts))

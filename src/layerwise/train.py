@@ -20,7 +20,7 @@ from layerwise.methods import build_rule
 from layerwise.models import build_network
 from layerwise.module import LayerwiseModule
 from layerwise.runlog import add_run_log, setup_console
-from layerwise.summary import SummaryCallback
+from layerwise.summary import EpochLine, SummaryCallback
 from layerwise.wandb_setup import build_wandb_logger
 
 
@@ -84,13 +84,15 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict:
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="test/acc", mode="max",
                                   save_top_k=1, save_last=True, auto_insert_metric_name=False)
     t = cfg.trainer
+    progress = _progress_callbacks(cfg)
     trainer = L.Trainer(
         accelerator=t.accelerator, devices=t.devices, precision=t.precision, max_epochs=int(t.max_epochs),
         limit_train_batches=_limit(t.limit_train_batches), limit_val_batches=_limit(t.limit_val_batches),
         check_val_every_n_epoch=int(t.check_val_every_n_epoch), log_every_n_steps=int(t.log_every_n_steps),
         deterministic=t.deterministic, benchmark=t.benchmark, num_sanity_val_steps=0,
-        logger=_loggers(cfg, run_dir) or False, callbacks=[summary, checkpoints, *_progress_callbacks(cfg)],
-        enable_progress_bar=bool(_progress_callbacks(cfg)), enable_model_summary=False,
+        logger=_loggers(cfg, run_dir) or False,
+        callbacks=[summary, checkpoints, EpochLine(console=not progress), *progress],
+        enable_progress_bar=bool(progress), enable_model_summary=False,
         default_root_dir=str(run_dir),
     )
     trainer.fit(module, datamodule=datamodule)
