@@ -98,3 +98,15 @@ def test_no_autograd_graph_survives_a_training_step():
         train_batches(module, x, y, batch_size=8)
         assert module.meter.peak_bytes > 0
         assert module.meter._live == 0, method
+
+
+def test_dgl_aux_heads_follow_their_config():
+    _, module, x, _ = make("dgl", ["method.aux.type=cnn", "method.aux.cnn_channels=5", "method.aux.pool_size=2",
+                                   "method.aux.n_hidden_layers=2"])
+    aux0 = module.rule.aux[0]
+    convs = [m for m in aux0.modules() if isinstance(m, torch.nn.Conv2d)]
+    linears = [m for m in aux0.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(module.rule.aux) == len(module.net.blocks) - 1
+    assert [c.out_channels for c in convs] == [5]
+    assert [(l.in_features, l.out_features) for l in linears] == [(5 * 2 * 2, 12), (12, 12), (12, 5)]
+    assert [g.name for g in module.groups] == ["block0", "block1", "block2+head"]

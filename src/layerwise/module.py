@@ -121,14 +121,14 @@ class LayerwiseModule(L.LightningModule):
         return self._samples / elapsed if elapsed > 0 else 0.0
 
     def on_train_epoch_end(self) -> None:
-        schedulers = self.lr_schedulers()
-        for sched in (schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []):
-            sched.step()
-        self.log_dict({
+        self.log_dict({  # the lr this epoch trained with, before the schedulers step
             "train/imgs_per_sec": self.imgs_per_sec,
             "train/peak_activation_mb": self.meter.peak_mb,
             "train/lr": self._optimizer_list()[0].param_groups[0]["lr"],
         })
+        schedulers = self.lr_schedulers()
+        for sched in (schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []):
+            sched.step()
 
     # ----------------------------------------------------------------- evaluation
     def validation_step(self, batch, batch_idx):

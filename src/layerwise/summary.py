@@ -80,12 +80,13 @@ class EpochLine(L.Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         m = trainer.callback_metrics
         parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
-        for key, label, fmt in (("train/loss", "loss", ".4f"), ("train/acc", "acc", ".4f"),
-                                ("test/loss", "test loss", ".4f"), ("test/acc", "test acc", ".4f"),
-                                ("train/imgs_per_sec", "img/s", ".0f")):
+        for key, label in (("train/loss", "loss"), ("train/acc", "acc"), ("test/loss", "test loss"),
+                           ("test/acc", "test acc")):
             value = _value(m, key)
             if value is not None:
-                parts.append(f"{label} {value:{fmt}}")
+                parts.append(f"{label} {value:.4f}")
+        # Callbacks run before the module's own epoch-end hook, so read throughput from the module.
+        parts.append(f"img/s {pl_module.imgs_per_sec:.0f}")
         blocks = [_value(m, f"block{i}/test_acc") for i in getattr(pl_module, "reported_blocks", [])]
         if blocks and None not in blocks:
             parts.append("blocks " + " ".join(f"{b:.3f}" for b in blocks))
