@@ -1,14 +1,12 @@
 """Checks run before any data is loaded, so a typo costs seconds, not a queued GPU job."""
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from layerwise.errors import ConfigError
 
 
 def _number(cfg: DictConfig, key: str, kind=float, low=None, high=None, allow_none=False):
-    from omegaconf import OmegaConf
-
     value = OmegaConf.select(cfg, key)
     if value is None and allow_none:
         return

@@ -57,10 +57,10 @@ def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float
 
 
 def _tensor_sets(x_train, y_train, x_test, y_test, num_classes=None):
+    mean, std = _channel_stats(x_train)
     info = DataInfo(channels=x_train.shape[1], size=x_train.shape[-1],
                     num_classes=int(num_classes or int(max(y_train.max(), y_test.max())) + 1),
-                    mean=(0.0,), std=(1.0,), from_pil=False)
-    info.mean, info.std = _channel_stats(x_train)
+                    mean=mean, std=std, from_pil=False)
     return TensorImages(x_train, y_train), TensorImages(x_test, y_test), info
 
 
@@ -296,5 +296,5 @@ class ImageDataModule(L.LightningDataModule):
         return self._loader(self.test_set, shuffle=False)
 
     def example_batch(self) -> torch.Tensor:
-        """A small untransformed-shape batch for building shape-dependent modules."""
+        """Two (test-transformed) inputs, for building modules whose shapes depend on the network's."""
         return torch.stack([self.test_set[i][0] for i in range(min(2, len(self.test_set)))])
