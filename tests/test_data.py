@@ -26,12 +26,9 @@ def test_digits_fixed_split_resized_to_the_model_input():
 
 
 def test_synthetic_is_deterministic_by_seed_and_configurable():
-    a = datamodule(["data=synthetic", "data.n_train=32", "data.n_test=8", "data.num_classes=4", "data.channels=1",
-                    "data.image_size=12"])
-    b = datamodule(["data=synthetic", "data.n_train=32", "data.n_test=8", "data.num_classes=4", "data.channels=1",
-                    "data.image_size=12"])
-    c = datamodule(["data=synthetic", "data.n_train=32", "data.n_test=8", "data.num_classes=4", "data.channels=1",
-                    "data.image_size=12", "data.seed=1"])
+    small = ["data=synthetic", "data.n_train=32", "data.n_test=8", "data.num_classes=4", "data.channels=1",
+             "data.image_size=12"]
+    a, b, c = datamodule(small), datamodule(small), datamodule([*small, "data.seed=1"])
     assert a.info.num_classes == 4 and a.train_set[0][0].shape == (1, 12, 12)
     assert torch.equal(a.train_set.images, b.train_set.images)
     assert not torch.equal(a.train_set.images, c.train_set.images)

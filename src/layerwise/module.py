@@ -25,6 +25,13 @@ from layerwise.models import Network
 from layerwise.optim import build_optimizer, build_scheduler
 
 
+def _as_list(items) -> list:
+    """Lightning returns a bare object for one optimizer/scheduler and None for no scheduler."""
+    if items is None:
+        return []
+    return items if isinstance(items, list) else [items]
+
+
 def _accuracy(num_classes: int) -> MulticlassAccuracy:
     return MulticlassAccuracy(num_classes=num_classes, average="micro")
 
@@ -70,8 +77,7 @@ class LayerwiseModule(L.LightningModule):
         return optimizers, schedulers
 
     def _optimizer_list(self) -> list:
-        opts = self.optimizers()
-        return opts if isinstance(opts, list) else [opts]
+        return _as_list(self.optimizers())
 
     def _step_groups(self, after: int, optimizers: list) -> None:
         for k in self._groups_after.get(after, ()):
@@ -126,8 +132,7 @@ class LayerwiseModule(L.LightningModule):
             "train/peak_activation_mb": self.meter.peak_mb,
             "train/lr": self._optimizer_list()[0].param_groups[0]["lr"],
         })
-        schedulers = self.lr_schedulers()
-        for sched in (schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []):
+        for sched in _as_list(self.lr_schedulers()):
             sched.step()
 
     # ----------------------------------------------------------------- evaluation
