@@ -88,29 +88,43 @@ class LayerwiseModule(L.LightningModule):
             opt.zero_grad(set_to_none=True)
 
     # ----------------------------------------------------------------- training
-    def _backward_signal(self, signal: Signal | None, out: torch.Tensor, y: torch.Tensor, prefix: str, acc) -> None:
+    def _backward_signal(self, signal: Signal | None, out: torch.Tensor | None, y: torch.Tensor, prefix: str,
+                         acc=None) -> None:
         if signal is None:
             return
-        self.manual_backward(signal.surrogate(out))
+        objective = signal.surrogate(out)
+        if objective is not None:
+            self.manual_backward(objective)
+        log = dict(on_step=False, on_epoch=True, batch_size=len(y))
         if signal.loss is not None:
-            self.log(f"{prefix}loss", signal.loss.detach(), on_step=False, on_epoch=True, batch_size=len(y))
-        if signal.logits is not None:
+            self.log(f"{prefix}loss", signal.loss.detach(), **log)
+        for name, value in signal.metrics.items():
+            self.log(f"{prefix}{name}", value.detach(), **log)
+        if signal.logits is not None and acc is not None:
             acc.update(signal.logits.detach(), y)
             self.log(f"{prefix}acc", acc, on_step=False, on_epoch=True)
+
+    def _train_stage(self, i: int, signal: Signal | None, out: torch.Tensor, y: torch.Tensor, prefix: str, acc,
+                     optimizers: list) -> None:
+        """Backward stage i's signal, then any signal it made computable, then step the completed groups."""
+        self._backward_signal(signal, out, y, prefix, acc)
+        for late_prefix, late in self.rule.after_backward(i).items():
+            self._backward_signal(late, None, y, late_prefix)
+        self._step_groups(i, optimizers)
 
     def training_step(self, batch, batch_idx):
         x, y = batch
         optimizers = self._optimizer_list()
         n = len(self.net.blocks)
         with self.meter.track(x.device, enabled=batch_idx < self.memory_batches):
+            self.rule.begin_batch(self.net, x, y)
             h = x
             for i, block in enumerate(self.net.blocks):
                 h = block(self.rule.block_input(i, h))
-                self._backward_signal(self.rule.block_signal(i, h, y), h, y, f"block{i}/train_", self.block_train_acc[str(i)])
-                self._step_groups(i, optimizers)
+                self._train_stage(i, self.rule.block_signal(i, h, y), h, y, f"block{i}/train_",
+                                  self.block_train_acc[str(i)], optimizers)
             logits = self.net.head(self.rule.block_input(n, h))
-            self._backward_signal(self.rule.head_signal(logits, y), logits, y, "train/", self.train_acc)
-            self._step_groups(n, optimizers)
+            self._train_stage(n, self.rule.head_signal(logits, y), logits, y, "train/", self.train_acc, optimizers)
         self._samples += len(y)
 
     def on_train_epoch_start(self) -> None:

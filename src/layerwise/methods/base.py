@@ -8,6 +8,11 @@ A rule answers, for one batch, how each block is trained:
 - `head_signal(logits, y)`: the signal at the network's output.
 - `train_groups(net)`: which parameters share an optimizer, and after which block's signal that
   optimizer steps. A group stepping after block i is stepped before block i+1 runs.
+Two optional hooks cover rules whose signal needs more than one block's view:
+- `begin_batch(net, x, y)`: sees the whole batch first (e.g. a no-grad pass for the global error, or the
+  input image a reconstruction loss targets).
+- `after_backward(i)`: signals that became computable once stage i's backward ran (e.g. a synthesizer's
+  regression target is the gradient that reached the next block's input); keyed by metric prefix.
 Rules never import Lightning: they work on plain tensors and modules.
 """
 from __future__ import annotations
@@ -25,21 +30,27 @@ from layerwise.models import Network
 class Signal:
     """How to train one block on this batch.
 
-    loss: a scalar to backpropagate (reported as the block's loss).
+    loss: a scalar reported as the block's loss, and backpropagated unless `objective` is given.
     grad: a gradient to inject into the block's output (e.g. synthetic or feedback gradients).
     logits: predictions of an auxiliary head, for the block's accuracy.
+    objective: the scalar to backpropagate when it is not the reported loss (e.g. a loss whose output
+        gradient is mixed with an injected one).
+    metrics: extra scalars to log, as `<prefix><name>` (e.g. the parts of a weighted loss).
     """
 
     loss: torch.Tensor | None = None
     grad: torch.Tensor | None = None
     logits: torch.Tensor | None = None
+    objective: torch.Tensor | None = None
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    def surrogate(self, h: torch.Tensor) -> torch.Tensor:
-        """One scalar whose backward applies both the loss and the injected gradient."""
-        total = self.loss if self.loss is not None else h.new_zeros(())
+    def surrogate(self, h: torch.Tensor | None) -> torch.Tensor | None:
+        """One scalar whose backward applies both the objective and the injected gradient (None: nothing to do)."""
+        total = self.objective if self.objective is not None else self.loss
         if self.grad is not None:
-            total = total + (h * self.grad.detach()).sum()
-        return total
+            injected = (h * self.grad.detach()).sum()
+            total = injected if total is None else total + injected
+        return total if total is not None and total.requires_grad else None
 
 
 @dataclass
@@ -64,6 +75,8 @@ class LearningRule(nn.Module):
     name = "base"
     #: True when no gradient may cross block boundaries (inputs are detached).
     local = False
+    #: True when the head trains on detached features too (every block has its own signal).
+    detach_head = False
 
     def __init__(self, cfg=None):
         super().__init__()
@@ -77,9 +90,19 @@ class LearningRule(nn.Module):
         """
         self.n_blocks = len(net.blocks)
 
+    def begin_batch(self, net: Network, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Called with the whole batch before block 0 runs."""
+
     def block_input(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        # Local rules cut the graph between blocks; the head still backpropagates into the last block.
-        return x.detach() if self.local and 0 < i < self.n_blocks else x
+        # Local rules cut the graph between blocks; unless `detach_head`, the head backpropagates into the
+        # last block.
+        if self.local and (0 < i < self.n_blocks or (i == self.n_blocks and self.detach_head)):
+            return x.detach()
+        return x
+
+    def after_backward(self, i: int) -> dict[str, Signal]:
+        """Signals made computable by stage i's backward (i == n_blocks: the head's), keyed by metric prefix."""
+        return {}
 
     def block_signal(self, i: int, h: torch.Tensor, y: torch.Tensor) -> Signal | None:
         return None
@@ -103,6 +126,10 @@ class LearningRule(nn.Module):
 
     def train_groups(self, net: Network) -> list[TrainGroup]:
         return [TrainGroup("all", [net, self], step_after=len(net.blocks))]
+
+    def images(self, net: Network, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Image grids (C, H, W in [0, 1]) worth looking at for test batch x, keyed by name; default none."""
+        return {}
 
     def describe(self) -> str:
         return self.name
