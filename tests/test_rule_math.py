@@ -45,7 +45,7 @@ def test_dgl_update_of_each_block_equals_its_local_loss_gradient():
     h = x
     for i, block in enumerate(ref_net.blocks):
         out = block(h.detach())
-        local_head = ref_rule.aux[i] if i < n - 1 else ref_net.head
+        local_head = ref_rule.aux[str(i)] if i < n - 1 else ref_net.head
         params = list(block.parameters()) + list(local_head.parameters())
         grads = torch.autograd.grad(F.cross_entropy(local_head(out), y), params)
         for p, g in zip(params, grads):
@@ -103,7 +103,7 @@ def test_no_autograd_graph_survives_a_training_step():
 def test_dgl_aux_heads_follow_their_config():
     _, module, x, _ = make("dgl", ["method.aux.type=cnn", "method.aux.cnn_channels=5", "method.aux.pool_size=2",
                                    "method.aux.n_hidden_layers=2"])
-    aux0 = module.rule.aux[0]
+    aux0 = module.rule.aux["0"]
     convs = [m for m in aux0.modules() if isinstance(m, torch.nn.Conv2d)]
     linears = [m for m in aux0.modules() if isinstance(m, torch.nn.Linear)]
     assert len(module.rule.aux) == len(module.net.blocks) - 1

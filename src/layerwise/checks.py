@@ -30,6 +30,10 @@ def check_config(cfg: DictConfig) -> None:
     _number(cfg, "optimizer.weight_decay", float, 0)
     _number(cfg, "model.dropout", float, 0, 0.999)
     _number(cfg, "model.width_mult", float, 1e-3)
+    splits = [k for k in ("num_modules", "split") if cfg.method.get(k) is not None]
+    if splits and cfg.model.get("blocks") is not None:
+        raise ConfigError(f"method.{splits[0]} and model.blocks both split the network into modules; "
+                          f"set one of them (model.blocks=null)")
     if cfg.model.padding_mode not in ("zeros", "circular", "reflect", "replicate"):
         raise ConfigError(f"model.padding_mode={cfg.model.padding_mode!r} is not known; use zeros or circular")
 

@@ -112,6 +112,10 @@ def conv_layers(plan: Sequence, in_channels: int, cfg) -> tuple[list[nn.Module],
     return layers, c_in, pools
 
 
+class LayerGroup(nn.Sequential):
+    """A block made of several layers; marks where `regroup` may split a block back into its layers."""
+
+
 def group_layers(layers: list[nn.Module], blocks) -> list[nn.Module]:
     """Group consecutive layers into blocks.
 
@@ -134,9 +138,22 @@ def group_layers(layers: list[nn.Module], blocks) -> list[nn.Module]:
     grouped, start = [], 0
     for size in sizes:
         chunk = layers[start:start + size]
-        grouped.append(chunk[0] if size == 1 else nn.Sequential(*chunk))
+        grouped.append(chunk[0] if size == 1 else LayerGroup(*chunk))
         start += size
     return grouped
+
+
+def flat_layers(net: Network) -> list[nn.Module]:
+    """The network's layers in order, recovered from its blocks (LayerGroups are opened, layers kept)."""
+    layers: list[nn.Module] = []
+    for block in net.blocks:
+        layers.extend(block if isinstance(block, LayerGroup) else [block])
+    return layers
+
+
+def regroup(net: Network, blocks) -> None:
+    """Regroup `net`'s layers into new blocks in place (`blocks` as in `group_layers`); weights are kept."""
+    net.blocks = nn.ModuleList(group_layers(flat_layers(net), blocks))
 
 
 def build_network(cfg, spec: InputSpec) -> Network:

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from layerwise.checks import check_config, check_device
 from layerwise.data import ImageDataModule
 from layerwise.errors import LayerwiseError
+from layerwise.images import RuleImages
 from layerwise.methods import build_rule
 from layerwise.models import build_network
 from layerwise.module import LayerwiseModule
@@ -60,11 +61,11 @@ def _limit(value):
 def build_experiment(cfg: DictConfig):
     """Data module, network, rule and LightningModule for `cfg` (no trainer)."""
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    rule = build_rule(cfg.method)  # rejects bad rule options before any data is loaded
     datamodule = ImageDataModule(cfg.data, pin_memory=cfg.trainer.accelerator in ("gpu", "cuda"))
     datamodule.setup("fit")
     info = datamodule.info
     net = build_network(cfg.model, info.spec)
-    rule = build_rule(cfg.method)
     example = datamodule.example_batch()
     rule.setup(net, example, info.num_classes)
     module = LayerwiseModule(net, rule, cfg.optimizer, info.num_classes, example,
@@ -91,7 +92,8 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict:
         check_val_every_n_epoch=int(t.check_val_every_n_epoch), log_every_n_steps=int(t.log_every_n_steps),
         deterministic=t.deterministic, benchmark=t.benchmark, num_sanity_val_steps=0,
         logger=_loggers(cfg, run_dir) or False,
-        callbacks=[summary, checkpoints, EpochLine(console=not progress), *progress],
+        callbacks=[summary, checkpoints, EpochLine(console=not progress), *progress,
+                   RuleImages(run_dir / "images", t.images_every_n_epochs)],
         enable_progress_bar=bool(progress), enable_model_summary=False,
         default_root_dir=str(run_dir),
     )

@@ -3,6 +3,14 @@
 Every block but the last has an auxiliary classifier; block i and its aux head minimise the aux
 cross-entropy on a detached input, with their own optimizer stepped immediately, so block i's graph is
 freed before block i+1 runs. The last block is trained by the network's own head.
+
+Options from the thesis:
+- `direct_global`: the gradient at every aux head's output is (1-w)·(its own CE gradient) + w·(the network
+  head's error on the same batch), w = `last_gradient_weight`. The head's error comes from a no-grad pass
+  at the start of the batch with the parameters the batch starts from (one extra forward per batch).
+- `first_trainable_block` k: blocks before k stay at their random initialisation (parameters frozen; their
+  batch norms still normalise with batch statistics); `head` freezes every block: the random-features
+  lower bound.
 """
 from __future__ import annotations
 
@@ -13,6 +21,18 @@ from torch import nn
 from layerwise.errors import ConfigError
 from layerwise.methods.base import LearningRule, Signal, TrainGroup, output_shapes
 from layerwise.models import Network, mlp
+
+
+def _restore_buffers(net: nn.Module):
+    """Snapshot of the batch-norm statistics, so an extra forward leaves them as they were."""
+    saved = [b.clone() for b in net.buffers()]
+
+    def restore():
+        with torch.no_grad():
+            for b, v in zip(net.buffers(), saved):
+                b.copy_(v)
+
+    return restore
 
 
 def build_aux_head(shape: torch.Size, num_classes: int, cfg) -> nn.Module:
@@ -46,31 +66,101 @@ class DecoupledGreedy(LearningRule):
         super().__init__(cfg)
         if cfg.aux.type not in ("mlp", "cnn"):
             raise ConfigError(f"method.aux.type={cfg.aux.type!r} is not known; choose mlp or cnn")
-        self.aux = nn.ModuleList()
+        self.weight = float(cfg.get("last_gradient_weight", 0.0)) if cfg.get("direct_global") else 0.0
+        if not 0.0 <= self.weight <= 1.0:
+            raise ConfigError(f"method.last_gradient_weight={self.weight} must be in [0, 1] "
+                              "(0 = plain DGL, 1 = only the network head's error)")
+        self.first_trainable = 0
+        self.aux = nn.ModuleDict()
+        self._global_error: torch.Tensor | None = None
+
+    def _first_trainable(self, n: int) -> int:
+        value = self.cfg.get("first_trainable_block", 0)
+        if value == "head":
+            return n
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= n:
+            raise ConfigError(f"method.first_trainable_block={value!r} must be an integer in [0, {n}] "
+                              "(the network has {n} blocks) or 'head' (only the head trains)".replace("{n}", str(n)))
+        return value
+
+    def local_blocks(self) -> range:
+        """Blocks trained by a local signal: the trainable ones but the last (trained by the network head)."""
+        return range(self.first_trainable, self.n_blocks - 1)
+
+    def aux_blocks(self) -> range:
+        """Blocks with an aux classifier."""
+        return self.local_blocks()
+
+    def block_modules(self, i: int) -> list[nn.Module]:
+        """The rule's modules trained together with local block i."""
+        return [self.aux[str(i)]]
 
     def setup(self, net: Network, example: torch.Tensor, num_classes: int) -> None:
         super().setup(net, example, num_classes)
-        if len(net.blocks) < 2:
-            raise ConfigError("DGL needs at least 2 blocks; set model.blocks to a larger number or null")
-        shapes = output_shapes(net, example)[:-1]
-        self.aux = nn.ModuleList(build_aux_head(s, num_classes, self.cfg.aux) for s in shapes)
+        if len(net.blocks) < 2 and self.cfg.get("first_trainable_block", 0) != "head":
+            raise ConfigError(f"{self.name} needs at least 2 blocks; set model.blocks to a larger number or null")
+        self.first_trainable = self._first_trainable(len(net.blocks))
+        for block in net.blocks[:self.first_trainable]:
+            block.requires_grad_(False)
+        shapes = output_shapes(net, example)
+        self.aux = nn.ModuleDict({str(i): build_aux_head(shapes[i], num_classes, self.cfg.aux)
+                                  for i in self.aux_blocks()})
+        if self.weight > 0:
+            self._check_global_shapes(net, example)
+
+    def _check_global_shapes(self, net: Network, example: torch.Tensor) -> None:
+        was_training = net.training
+        net.eval()
+        with torch.no_grad():
+            head_shape = net(example[:2]).shape
+            logits = self.evaluate(net, example[:2])[1]
+        net.train(was_training)
+        wrong = {i: tuple(v.shape) for i, v in logits.items() if v.shape != head_shape}
+        if wrong:
+            raise ConfigError(f"method.direct_global needs every aux head to output the head's shape "
+                              f"{tuple(head_shape)}, but blocks {wrong} differ; turn direct_global off")
+
+    def begin_batch(self, net: Network, x: torch.Tensor, y: torch.Tensor) -> None:
+        if self.weight == 0:
+            return
+        restore = _restore_buffers(net)
+        with torch.no_grad():
+            logits = net(x)
+        restore()
+        # The gradient of the head's mean cross-entropy with respect to its logits.
+        self._global_error = (logits.softmax(-1) - F.one_hot(y, logits.shape[-1]).to(logits.dtype)) / len(y)
+
+    def aux_signal(self, i: int, h: torch.Tensor, y: torch.Tensor) -> Signal:
+        logits = self.aux[str(i)](h)
+        loss = F.cross_entropy(logits, y)
+        if self.weight == 0:
+            return Signal(loss=loss, logits=logits)
+        mixed = (1 - self.weight) * loss + self.weight * (logits * self._global_error).sum()
+        return Signal(loss=loss, logits=logits, objective=mixed)
 
     def block_signal(self, i: int, h: torch.Tensor, y: torch.Tensor) -> Signal | None:
-        if i >= len(self.aux):
-            return None  # the last block learns from the network head
-        logits = self.aux[i](h)
-        return Signal(loss=F.cross_entropy(logits, y), logits=logits)
+        # Frozen blocks and the last block (trained by the network head) have no aux head.
+        return self.aux_signal(i, h, y) if str(i) in self.aux else None
 
     def block_logits(self, i: int, h: torch.Tensor) -> torch.Tensor | None:
-        return self.aux[i](h) if i < len(self.aux) else None
+        return self.aux[str(i)](h) if str(i) in self.aux else None
 
     def train_groups(self, net: Network) -> list[TrainGroup]:
         n = len(net.blocks)
-        groups = [TrainGroup(f"block{i}", [net.blocks[i], self.aux[i]], step_after=i) for i in range(n - 1)]
-        groups.append(TrainGroup(f"block{n - 1}+head", [net.blocks[n - 1], net.head], step_after=n))
+        groups = [TrainGroup(f"block{i}", [net.blocks[i], *self.block_modules(i)], step_after=i)
+                  for i in self.local_blocks()]
+        if self.first_trainable < n and n - 1 not in self.local_blocks():
+            groups.append(TrainGroup(f"block{n - 1}+head", [net.blocks[n - 1], net.head], step_after=n))
+        else:
+            groups.append(TrainGroup("head", [net.head], step_after=n))
         return groups
 
     def describe(self) -> str:
         a = self.cfg.aux
         pool = f", pool {a.pool_size}" if a.pool_size else ""
-        return f"dgl (aux {a.type}, {a.n_hidden_layers}x{a.hidden_dim}{pool})"
+        extras = []
+        if self.weight > 0:
+            extras.append(f"direct-global w={self.weight}")
+        if self.first_trainable:
+            extras.append(f"blocks <{self.first_trainable} frozen")
+        return f"{self.name} (aux {a.type}, {a.n_hidden_layers}x{a.hidden_dim}{pool}{''.join(', ' + e for e in extras)})"

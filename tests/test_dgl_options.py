@@ -1,0 +1,86 @@
+"""DGL's thesis options against their math: direct-global gradient mixing and frozen blocks."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from layerwise.errors import ConfigError
+from test_rule_math import make, train_batches
+
+
+def aux_output_grad(w: float):
+    """The gradient that block 0's signal sends into its aux head's logits (via the last layer's bias)."""
+    _, module, x, y = make("dgl", ["method.direct_global=true", f"method.last_gradient_weight={w}"])
+    net, rule = module.net, module.rule
+    buffers = [b.clone() for b in net.buffers()]
+    rule.begin_batch(net, x, y)
+    assert all(torch.equal(a, b) for a, b in zip(buffers, net.buffers())), "the global pass must not move BN stats"
+    h = net.blocks[0](x)
+    signal = rule.block_signal(0, h, y)
+    signal.surrogate(h).backward()
+    with torch.no_grad():
+        global_error = (net(x).softmax(-1) - F.one_hot(y, 5)) / len(y)
+    for b, v in zip(net.buffers(), buffers):
+        b.copy_(v)
+    local_error = (signal.logits.softmax(-1) - F.one_hot(y, 5)) / len(y)
+    bias = rule.aux["0"][-1][-1].bias  # aux = Sequential(mlp(...)); the mlp's last Linear
+    return bias.grad, local_error.detach().sum(0), global_error.sum(0), signal
+
+
+@pytest.mark.parametrize("w", [0.0, 0.3, 1.0])
+def test_direct_global_mixes_the_heads_error_into_aux_outputs(w):
+    grad, local, global_, signal = aux_output_grad(w)
+    torch.testing.assert_close(grad, (1 - w) * local + w * global_, atol=1e-6, rtol=1e-5)
+    assert torch.isfinite(signal.loss)  # the reported loss stays the aux cross-entropy
+
+
+def test_direct_global_with_zero_weight_trains_exactly_like_dgl():
+    _, plain, x, y = make("dgl", ["optimizer.momentum=0"])
+    _, mixed, _, _ = make("dgl", ["optimizer.momentum=0", "method.direct_global=true",
+                                  "method.last_gradient_weight=0"])
+    train_batches(plain, x, y, batch_size=8)
+    train_batches(mixed, x, y, batch_size=8)
+    for a, b in zip(plain.parameters(), mixed.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_direct_global_refuses_aux_outputs_of_another_shape():
+    _, module, x, _ = make("dgl", ["method.direct_global=true"])
+    module.rule.aux["0"] = nn.Sequential(nn.Flatten(), nn.LazyLinear(3))
+    with pytest.raises(ConfigError, match="direct_global"):
+        module.rule._check_global_shapes(module.net, x)
+
+
+def test_weight_out_of_range_is_refused():
+    with pytest.raises(ConfigError, match="last_gradient_weight"):
+        make("dgl", ["method.direct_global=true", "method.last_gradient_weight=1.5"])
+
+
+def params_of(module_):
+    return [p.detach().clone() for p in module_.parameters()]
+
+
+def test_blocks_before_the_first_trainable_one_stay_at_init():
+    _, module, x, y = make("dgl", ["method.first_trainable_block=1"])
+    before = [params_of(b) for b in module.net.blocks]
+    assert sorted(module.rule.aux) == ["1"]
+    assert [g.name for g in module.groups] == ["block1", "block2+head"]
+    train_batches(module, x, y, batch_size=8)
+    after = [params_of(b) for b in module.net.blocks]
+    assert all(torch.equal(a, b) for a, b in zip(before[0], after[0]))
+    assert not any(torch.equal(a, b) for a, b in zip(before[1], after[1]))
+
+
+def test_random_features_trains_only_the_head():
+    _, module, x, y = make("random_features")
+    blocks_before, head_before = params_of(module.net.blocks), params_of(module.net.head)
+    assert [g.name for g in module.groups] == ["head"] and len(module.rule.aux) == 0
+    train_batches(module, x, y, batch_size=8)
+    assert all(torch.equal(a, b) for a, b in zip(blocks_before, params_of(module.net.blocks)))
+    assert not any(torch.equal(a, b) for a, b in zip(head_before, params_of(module.net.head)))
+
+
+@pytest.mark.parametrize("value", [4, -1, "two"])
+def test_first_trainable_block_out_of_range_is_refused(value):
+    with pytest.raises(ConfigError, match="first_trainable_block"):
+        make("dgl", [f"method.first_trainable_block={value}"])
