@@ -5,17 +5,27 @@ from layerwise.errors import ConfigError
 from layerwise.methods.base import LearningRule, Signal, TrainGroup
 from layerwise.methods.bp import Backprop
 from layerwise.methods.dgl import DecoupledGreedy
+from layerwise.methods.dni import SyntheticGradients
+from layerwise.methods.ssl import SelfSupervised
+from layerwise.methods.infopro import InfoPro
+from layerwise.methods.predsim import LocalErrorSignals
 
 RULES: dict[str, type[LearningRule]] = {
     Backprop.name: Backprop,
     DecoupledGreedy.name: DecoupledGreedy,
+    SyntheticGradients.name: SyntheticGradients,
+    SelfSupervised.name: SelfSupervised,
+    InfoPro.name: InfoPro,
+    LocalErrorSignals.name: LocalErrorSignals,
 }
 
 
 def build_rule(cfg) -> LearningRule:
-    if cfg.name not in RULES:
-        raise ConfigError(f"method={cfg.name!r} is not known; available: {', '.join(sorted(RULES))}")
-    return RULES[cfg.name](cfg)
+    """`method.rule` names the class when a preset (e.g. cdni, random_features) reuses another rule's code."""
+    key = cfg.get("rule") or cfg.name
+    if key not in RULES:
+        raise ConfigError(f"method={key!r} is not known; available: {', '.join(sorted(RULES))}")
+    return RULES[key](cfg)
 
 
 __all__ = ["RULES", "LearningRule", "Signal", "TrainGroup", "build_rule"]

@@ -1,0 +1,118 @@
+"""DNI / cDNI against their math: an oracle synthesizer reproduces BP; synthesizers regress onto the gradient
+that actually arrives (bootstrapped from the next synthesizer); cDNI's prediction depends on the label."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conftest import compose_cfg, fit_cfg
+from layerwise.methods import build_rule
+from layerwise.models import build_network
+from test_rule_math import SPEC, make, train_batches
+
+SGD = ["optimizer.lr=0.1", "optimizer.momentum=0", "optimizer.weight_decay=0"]
+SMALL_SYNTH = ["method.synthesizer.channels=4", "method.synthesizer.kernel_size=3"]
+
+
+class Oracle(nn.Module):
+    """Returns a fixed (per-sample) gradient; the dummy parameter gives its optimizer something to hold."""
+
+    def __init__(self, grad: torch.Tensor):
+        super().__init__()
+        self.grad = grad
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, h, y):
+        return self.grad + 0 * self.dummy
+
+
+def test_dni_with_true_gradients_from_its_synthesizers_is_backprop():
+    _, module, x, y = make("dni", [*SGD, *SMALL_SYNTH])
+    bp_net = copy.deepcopy(module.net)
+    outs, h = [], x
+    for block in bp_net.blocks:
+        h = block(h)
+        h.retain_grad()
+        outs.append(h)
+    F.cross_entropy(bp_net.head(h), y).backward()
+    n = len(bp_net.blocks)
+    # Synthesizers predict per-sample gradients: B x the mean-loss gradient.
+    module.rule.synth = nn.ModuleList(Oracle(outs[i].grad.detach() * len(x)) for i in range(n - 1))
+    module.groups = module.rule.train_groups(module.net)
+    with torch.no_grad():
+        expected = [p - 0.1 * p.grad for p in bp_net.parameters()]
+
+    train_batches(module, x, y, batch_size=len(x))
+
+    for p_got, p_exp in zip(module.net.parameters(), expected, strict=True):
+        torch.testing.assert_close(p_got.detach(), p_exp, atol=1e-6, rtol=1e-5)
+
+
+def test_synthesizers_regress_onto_the_gradient_that_reaches_their_block():
+    _, module, x, y = make("dni", [*SGD, *SMALL_SYNTH, "method.synthesizer.zero_init=false"])
+    net, rule = copy.deepcopy(module.net), copy.deepcopy(module.rule)
+    b0, b1, b2 = net.blocks
+    s0, s1 = rule.synth
+    B = len(x)
+    h0 = b0(x)
+    h0_in = h0.detach().requires_grad_()
+    h1 = b1(h0_in)
+    h1_in = h1.detach().requires_grad_()
+    g1 = s1(h1.detach(), y)
+    (h1 * g1.detach() / B).sum().backward()  # block 1 learns from its synthetic gradient ...
+    delta0 = h0_in.grad                      # ... which is what reaches h0: synth 0's (bootstrapped) target
+    F.cross_entropy(net.head(b2(h1_in)), y).backward()
+    delta1 = h1_in.grad                      # the true gradient through the last block and head
+    assert delta0.abs().sum() > 0 and delta1.abs().sum() > 0
+    expected = []
+    for synth, h, delta in ((s0, h0, delta0), (s1, h1, delta1)):
+        params = list(synth.parameters())
+        grads = torch.autograd.grad(F.mse_loss(synth(h.detach(), y), delta * B), params)
+        expected += [p.detach() - 0.1 * g for p, g in zip(params, grads)]
+
+    train_batches(module, x, y, batch_size=B)
+
+    got = list(module.rule.synth[0].parameters()) + list(module.rule.synth[1].parameters())
+    for p_got, p_exp in zip(got, expected, strict=True):
+        torch.testing.assert_close(p_got.detach(), p_exp, atol=1e-6, rtol=1e-5)
+
+
+def test_dni_groups_step_each_block_at_once_and_each_synthesizer_when_its_target_exists():
+    _, module, _, _ = make("dni", SMALL_SYNTH)
+    assert [(g.name, g.step_after) for g in module.groups] == [
+        ("block0", 0), ("block1", 1), ("synth0", 1), ("synth1", 3), ("block2+head", 3)]
+
+
+def test_synthesizers_start_at_zero_and_cdni_conditions_on_the_label():
+    _, module, x, y = make("dni", SMALL_SYNTH)
+    h = module.net.blocks[0](x)
+    assert torch.count_nonzero(module.rule.synth[0](h, y)) == 0
+    _, module, x, y = make("cdni", [*SMALL_SYNTH, "method.synthesizer.zero_init=false"])
+    synth = module.rule.synth[0].eval()
+    h = module.net.blocks[0](x).detach()
+    other = (y + 1) % SPEC.num_classes
+    assert not torch.allclose(synth(h, y), synth(h, other))
+    _, module, x, y = make("dni", [*SMALL_SYNTH, "method.synthesizer.zero_init=false"])
+    synth = module.rule.synth[0].eval()
+    torch.testing.assert_close(synth(h, y), synth(h, other))
+
+
+def test_mlp_synthesizer_for_flat_blocks():
+    cfg = compose_cfg(["model=mlp", "model.widths=[32,16,16]", "method=dni"])
+    net = build_network(cfg.model, SPEC)
+    rule = build_rule(cfg.method)
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 5, (4,))
+    rule.setup(net, x, SPEC.num_classes)
+    assert [m.conv for m in rule.synth] == [False, False]
+    assert rule.synth[0](net.blocks[0](x), y).shape == (4, 32)
+
+
+@pytest.mark.parametrize("method, floor", [("dni", 0.6), ("cdni", 0.6)])
+def test_learns_digits(method, floor, tmp_path):
+    """Chance is 0.10; 3 epochs reach about 0.85 (dni) / 0.80 (cdni)."""
+    summary = fit_cfg(["data=digits", "data.image_size=16", "model=basic_cnn", "model.channels=[16,16,16]",
+                       "model.head_hidden=[64]", f"method={method}", "trainer.max_epochs=3", "trainer.accelerator=cpu",
+                       "logger=none", "trainer.progress_bar=false"], tmp_path)
+    assert summary["test_acc"] > floor, summary
