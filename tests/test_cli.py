@@ -21,6 +21,25 @@ def test_legacy_flags_translate_to_overrides():
         "trainer.log_every_n_steps=10", "data.augment.random_crop=false", "data.augment.random_erasing=true"]
 
 
+@pytest.mark.parametrize("argv, produced", [
+    (["--dni"], ["method=dni"]),
+    (["--cdni"], ["method=cdni"]),
+    (["--ssl", "--shift_ssl_labels", "--upsample", "--pred_loss_weight", "0.3", "--ssl_loss_weight", "0.7"],
+     ["method=ssl", "method.shift=true", "method.upsample=bilinear", "method.pred_weight=0.3", "method.ssl_weight=0.7"]),
+    (["--dgl", "--is_direct_global", "--last_gradient_weight", "0.5"],
+     ["method=dgl", "method.direct_global=true", "method.last_gradient_weight=0.5"]),
+    (["--use_last_gradient"], ["method=dgl", "method.direct_global=true"]),  # the rule is implied
+    (["--shift_ssl_labels"], ["method=ssl", "method.shift=true"]),
+    (["--first_trainable_block", "2", "--ssl"], ["method.first_trainable_block=2", "method=ssl"]),
+])
+def test_rule_flags_translate_and_imply_their_rule(argv, produced):
+    assert translate(argv) == (produced, produced)
+
+
+def test_rule_flags_leave_a_method_sweep_alone():
+    assert translate(["-m", "method=dgl,ssl", "--first_trainable_block", "1"])[1] == ["method.first_trainable_block=1"]
+
+
 def test_hydra_flags_pass_through_untouched():
     args = ["-m", "method=bp,dgl", "--cfg", "job", "--config-name", "config", "hydra/launcher=basic"]
     assert translate(args) == (args, [])
@@ -28,7 +47,10 @@ def test_hydra_flags_pass_through_untouched():
 
 @pytest.mark.parametrize("argv, message", [
     (["--epoch", "3"], "did you mean --epochs"),
-    (["--dni"], "not available yet"),
+    (["--fa"], "not available yet"),
+    (["--bp", "--is_direct_global"], "--is_direct_global does not apply to method=bp; use it with --dgl"),
+    (["--ssl", "--use_last_gradient"], "does not apply to method=ssl"),
+    (["method=predsim", "--upsample"], "--upsample does not apply to method=predsim; use it with --ssl"),
     (["--model", "resnet50"], "unknown model"),
     (["--device", "tpu"], "expected cpu, cuda or cuda:N"),
     (["--epochs"], "needs a value"),
@@ -36,6 +58,15 @@ def test_hydra_flags_pass_through_untouched():
 def test_bad_legacy_flags(argv, message):
     with pytest.raises(LegacyFlagError, match=message):
         translate(argv)
+
+
+def test_legacy_ssl_flags_run_end_to_end(tmp_path):
+    res = run_cli(["--ssl", "--shift_ssl_labels", "--upsample", "--pred_loss_weight", "0.4", *TINY,
+                   "model=basic_cnn", "model.channels=[8,8,8]", "model.padding_mode=circular"], tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (run,) = run_dirs(tmp_path)
+    assert read_summary(run)["method"] == "ssl"
+    assert (run / "images" / "ssl_block0_epoch001.png").is_file()
 
 
 def test_legacy_dgl_on_cpu_runs_end_to_end(tmp_path):
@@ -57,8 +88,12 @@ def test_legacy_dgl_on_cpu_runs_end_to_end(tmp_path):
     (["--device", "cuda:99"], "GPU cuda:99 was requested"),
     (["data=cifar10", "data.root=nodata", "data.download=false"], "CIFAR10 is not in"),
     (["data=npz", "data.path=missing.npz"], "data.path="),
+    (["method=ssl", "method.direct_global=true"], "method=ssl cannot use direct_global"),
+    (["method=ssl", "model=mlp", *TINY], "method=ssl needs conv blocks"),
+    (["--ssl", "--is_direct_global"], "--is_direct_global does not apply to method=ssl"),
+    (["method=infopro", "method.num_modules=2", "model.blocks=2"], "method.num_modules"),
 ], ids=["group-option", "typo-group", "unknown-key", "bad-type", "range", "legacy-flag", "cuda", "dataset-offline",
-        "npz-missing"])
+        "npz-missing", "ssl-direct-global", "ssl-mlp", "legacy-ssl-direct-global", "infopro-double-split"])
 def test_bad_input_exits_non_zero_with_one_clear_line(args, message, tmp_path):
     res = run_cli([*args, "logger=none"] if args[0] not in ("--epoch",) else args, tmp_path, timeout=120)
     assert res.returncode != 0

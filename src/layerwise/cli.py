@@ -64,12 +64,30 @@ VALUE_FLAGS: dict[str, Callable[[str], list[str]]] = {
     "--log_interval": _set("trainer.log_every_n_steps"),
     "--seed": _set("seed"),
     "--data_path": _set("data.root"),
+    "--pred_loss_weight": _set("method.pred_weight"),
+    "--ssl_loss_weight": _set("method.ssl_weight"),
+    "--last_gradient_weight": _set("method.last_gradient_weight"),
+    "--first_trainable_block": _set("method.first_trainable_block"),
+}
+
+# Option flags of one rule family: the methods they apply to; the first is implied when none is chosen.
+OPTION_METHODS: dict[str, tuple[str, ...]] = {
+    **{f: ("ssl",) for f in ("--shift_ssl_labels", "--upsample", "--pred_loss_weight", "--ssl_loss_weight")},
+    **{f: ("dgl",) for f in ("--is_direct_global", "--use_last_gradient", "--last_gradient_weight")},
+    "--first_trainable_block": ("dgl", "ssl", "random_features"),
 }
 
 # Switches (no value).
 SWITCH_FLAGS: dict[str, list[str]] = {
     "--dgl": ["method=dgl"],
     "--bp": ["method=bp"],
+    "--dni": ["method=dni"],
+    "--cdni": ["method=cdni"],
+    "--ssl": ["method=ssl"],
+    "--shift_ssl_labels": ["method.shift=true"],
+    "--upsample": ["method.upsample=bilinear"],
+    "--is_direct_global": ["method.direct_global=true"],
+    "--use_last_gradient": ["method.direct_global=true"],
     "--disable_random_crop": ["data.augment.random_crop=false"],
     "--disable_horizontal_flip": ["data.augment.horizontal_flip=false"],
     "--disable_normalization": ["data.normalize=none"],
@@ -81,11 +99,6 @@ SWITCH_FLAGS: dict[str, list[str]] = {
 
 # Flags of the original code whose learning rules have not landed yet.
 NOT_YET: dict[str, str] = {
-    **{f: "synthetic gradients (DNI/cDNI)" for f in ("--dni", "--cdni")},
-    **{f: "the SSL reconstruction rule" for f in ("--ssl", "--shift_ssl_labels", "--upsample", "--pred_loss_weight",
-                                                  "--ssl_loss_weight")},
-    **{f: "DGL's direct-global / frozen-block options" for f in (
-        "--is_direct_global", "--use_last_gradient", "--last_gradient_weight", "--first_trainable_block")},
     **{f: "the feedback-alignment family" for f in ("--fa", "--dfa", "--sign_symmetry")},
 }
 
@@ -105,7 +118,7 @@ def _suggest(flag: str) -> str:
 
 def translate(argv: list[str]) -> tuple[list[str], list[str]]:
     """Returns (new argv for Hydra, the overrides produced from legacy flags)."""
-    out, produced, i = [], [], 0
+    out, produced, used, i = [], [], [], 0
     while i < len(argv):
         arg = argv[i]
         if not arg.startswith("-"):
@@ -129,7 +142,7 @@ def translate(argv: list[str]) -> tuple[list[str], list[str]]:
             i += 1
         elif flag in NOT_YET:
             raise LegacyFlagError(f"{flag} is not available yet: {NOT_YET[flag]} has not landed in layerwise; "
-                                  f"available methods: method=bp, method=dgl")
+                                  f"available: --bp, --dgl, --dni, --cdni, --ssl, or method=predsim|infopro")
         elif flag in SWITCH_FLAGS:
             produced += SWITCH_FLAGS[flag]
             i += 1
@@ -145,7 +158,31 @@ def translate(argv: list[str]) -> tuple[list[str], list[str]]:
             i += 1
         else:
             raise LegacyFlagError(f"unknown flag {flag}{_suggest(flag)}")
+        used.append(flag)
+    produced = _imply_method(used, out, produced)
     return out + produced, produced
+
+
+def _chosen_method(hydra_args: list[str], produced: list[str]) -> str | None:
+    chosen = [a.split("=", 1)[1] for a in [*hydra_args, *produced] if a.startswith("method=")]
+    return chosen[-1] if chosen else None
+
+
+def _imply_method(used: list[str], hydra_args: list[str], produced: list[str]) -> list[str]:
+    """Rule options need their rule: imply it when no method was chosen, refuse a method they do not fit."""
+    options = [f for f in used if f in OPTION_METHODS]
+    if not options:
+        return produced
+    method = _chosen_method(hydra_args, produced)
+    if method is None:
+        return [f"method={OPTION_METHODS[options[0]][0]}", *produced]
+    if "," in method:  # a sweep over methods: let each job's config decide
+        return produced
+    for flag in options:
+        if method not in OPTION_METHODS[flag]:
+            fits = " or ".join(f"--{m}" if f"--{m}" in SWITCH_FLAGS else f"method={m}" for m in OPTION_METHODS[flag])
+            raise LegacyFlagError(f"{flag} does not apply to method={method}; use it with {fits}")
+    return produced
 
 
 def translate_argv(argv: list[str]) -> list[str]:
