@@ -168,9 +168,10 @@ class SelfSupervised(DecoupledGreedy):
                 h = block(h)
                 if str(i) in self.decoders:
                     recon = self.reconstruct(i, h)
-                    target = self.target(i, x, recon.shape[-1])
-                    grid = make_grid(torch.cat([target, recon]).float().cpu(), nrow=len(x), normalize=True,
-                                     scale_each=True, pad_value=1.0)
+                    pair = torch.cat([self.target(i, x, recon.shape[-1]), recon]).float().cpu()
+                    if pair.shape[-1] < 32:  # small maps are hard to see: enlarge pixels, do not smooth them
+                        pair = F.interpolate(pair, scale_factor=math.ceil(32 / pair.shape[-1]), mode="nearest")
+                    grid = make_grid(pair, nrow=len(x), normalize=True, scale_each=True, pad_value=1.0)
                     grids[f"ssl_block{i}"] = grid
         self._pre_pool.clear()
         return grids
