@@ -4,8 +4,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import train_batches
 from layerwise.errors import ConfigError
-from test_rule_math import make, train_batches
+from test_rule_math import make
 
 
 def aux_output_grad(w: float):

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import compose_cfg, fit_cfg
+from conftest import DIGITS, compose_cfg, fit_cfg, train_batches
 from layerwise.methods import build_rule
 from layerwise.models import build_network
-from test_rule_math import SPEC, make, train_batches
+from test_rule_math import SPEC, make
 
 SGD = ["optimizer.lr=0.1", "optimizer.momentum=0", "optimizer.weight_decay=0"]
 SMALL_SYNTH = ["method.synthesizer.channels=4", "method.synthesizer.kernel_size=3"]
@@ -112,7 +112,5 @@ def test_mlp_synthesizer_for_flat_blocks():
 @pytest.mark.parametrize("method, floor", [("dni", 0.6), ("cdni", 0.6)])
 def test_learns_digits(method, floor, tmp_path):
     """Chance is 0.10; 3 epochs reach about 0.85 (dni) / 0.80 (cdni)."""
-    summary = fit_cfg(["data=digits", "data.image_size=16", "model=basic_cnn", "model.channels=[16,16,16]",
-                       "model.head_hidden=[64]", f"method={method}", "trainer.max_epochs=3", "trainer.accelerator=cpu",
-                       "logger=none", "trainer.progress_bar=false"], tmp_path)
+    summary = fit_cfg([*DIGITS, f"method={method}"], tmp_path)
     assert summary["test_acc"] > floor, summary

@@ -5,12 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import TINY, compose_cfg, fit_cfg
+from conftest import DIGITS, TINY, compose_cfg, fit_cfg, train_batches
 from layerwise.errors import ConfigError
 from layerwise.methods import build_rule
 from layerwise.methods.predsim import LocalLoss, pred_pool_size, similarity_matrix
 from layerwise.models import build_network
-from test_rule_math import SPEC, train_batches
+from test_rule_math import SPEC
 
 SGD = ["optimizer.lr=0.1", "optimizer.momentum=0", "optimizer.weight_decay=0", "optimizer.scheduler.name=none"]
 CNN = ["model=basic_cnn", "model.channels=[4,6,8]", "model.kernel_size=3", "model.head_hidden=[16]"]
@@ -168,9 +168,7 @@ def test_config_errors_name_the_fix(overrides, match):
 
 
 def test_predsim_learns_digits(tmp_path):
-    summary = fit_cfg(["data=digits", "data.image_size=16", "model=basic_cnn", "model.channels=[16,16,16]",
-                       "model.head_hidden=[64]", "trainer.max_epochs=3", "trainer.accelerator=cpu", "logger=none",
-                       "trainer.progress_bar=false", "method=predsim"], tmp_path / "run")
+    summary = fit_cfg([*DIGITS, "method=predsim"], tmp_path / "run")
     assert summary["test_acc"] > FLOOR, summary  # chance is 0.10
     assert len(summary["block_test_acc"]) == 3
 

@@ -1,12 +1,10 @@
 """BP and DGL against their math: one real training step through the Lightning loop vs. a hand computation."""
 import copy
 
-import lightning as L
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import compose_cfg
+from conftest import compose_cfg, train_batches
 from layerwise.methods import build_rule
 from layerwise.models import InputSpec, build_network
 from layerwise.module import LayerwiseModule
@@ -26,13 +24,6 @@ def make(method: str, extra=()):
     rule.setup(net, x, SPEC.num_classes)
     module = LayerwiseModule(net, rule, cfg.optimizer, SPEC.num_classes, x[:2], max_epochs=1)
     return cfg, module, x, y
-
-
-def train_batches(module, x, y, batch_size):
-    loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=False)
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
-    trainer.fit(module, train_dataloaders=loader)
 
 
 def test_dgl_update_of_each_block_equals_its_local_loss_gradient():

@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import fit_cfg
+from conftest import DIGITS, fit_cfg, train_batches
 from layerwise.errors import ConfigError
 from layerwise.methods.ssl import shift_schedule
-from test_rule_math import make, train_batches
+from test_rule_math import make
 
 SGD = ["optimizer.lr=0.1", "optimizer.momentum=0", "optimizer.weight_decay=0"]
 
@@ -95,9 +95,7 @@ def test_ssl_refuses_flat_blocks(tmp_path):
                          ids=["pred+ssl", "ssl_only"])
 def test_learns_digits_and_saves_reconstructions(extra, floor, tmp_path):
     """Chance is 0.10; 3 epochs reach about 0.97 (mixed) and 0.75 (SSL only, transposed decoders)."""
-    summary = fit_cfg(["data=digits", "data.image_size=16", "model=basic_cnn", "model.channels=[16,16,16]",
-                       "model.head_hidden=[64]", "method=ssl", *extra, "trainer.max_epochs=3",
-                       "trainer.accelerator=cpu", "logger=none", "trainer.progress_bar=false"], tmp_path)
+    summary = fit_cfg([*DIGITS, "method=ssl", *extra], tmp_path)
     assert summary["test_acc"] > floor, summary
     grid = tmp_path / "images" / "ssl_block0_epoch003.png"
     assert grid.is_file() and Image.open(grid).size[0] > 16

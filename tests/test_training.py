@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from conftest import TINY, fit_cfg
+from conftest import DIGITS, TINY, fit_cfg
 
 
 # Rules whose blocks have early-exit classifiers (reported as block_test_acc, one per block).
@@ -32,9 +32,7 @@ def test_smoke_each_method_and_model(method, model, n_blocks, tmp_path):
 @pytest.mark.parametrize("method, floor", [("bp", 0.85), ("dgl", 0.85)])
 def test_learns_digits_well_above_chance(method, floor, tmp_path):
     """10 classes: chance is 0.10. Three epochs of a small BasicCNN on the real 8x8 digits."""
-    summary = fit_cfg(["data=digits", "data.image_size=16", "model=basic_cnn", "model.channels=[16,16,16]",
-                       "model.head_hidden=[64]", f"method={method}", "trainer.max_epochs=3", "trainer.accelerator=cpu",
-                       "logger=none", "trainer.progress_bar=false"], tmp_path)
+    summary = fit_cfg([*DIGITS, f"method={method}"], tmp_path)
     assert summary["test_acc"] > floor, summary
     if method == "dgl":
         assert len(summary["block_test_acc"]) == 3
