@@ -12,6 +12,12 @@ from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WANDB_MODE", "disabled")
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") != "1":
+    # One intra-op thread per xdist worker: N workers x N threads on N cores thrash (measured ~2x slower).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
 os.environ.setdefault("WANDB_SILENT", "true")
 
 # Small and fast: a few hundred synthetic images, narrow convs.

@@ -161,6 +161,8 @@ class DecoupledGreedy(LearningRule):
         extras = []
         if self.weight > 0:
             extras.append(f"direct-global w={self.weight}")
-        if self.first_trainable:
+        if self.first_trainable >= self.n_blocks:
+            extras.append("all blocks frozen, only the head trains")
+        elif self.first_trainable:
             extras.append(f"blocks <{self.first_trainable} frozen")
-        return f"{self.name} (aux {a.type}, {a.n_hidden_layers}x{a.hidden_dim}{pool}{''.join(', ' + e for e in extras)})"
+        return f"{self.cfg.get('name', self.name)} (aux {a.type}, {a.n_hidden_layers}x{a.hidden_dim}{pool}{''.join(', ' + e for e in extras)})"
