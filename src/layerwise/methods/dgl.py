@@ -35,6 +35,12 @@ def _restore_buffers(net: nn.Module):
     return restore
 
 
+def check_aux_config(cfg) -> None:
+    """Reject an unknown aux head type when the rule is built, before any data is loaded."""
+    if cfg.type not in ("mlp", "cnn"):
+        raise ConfigError(f"method.aux.type={cfg.type!r} is not known; choose mlp or cnn")
+
+
 def build_aux_head(shape: torch.Size, num_classes: int, cfg) -> nn.Module:
     """Aux classifier for a block output of `shape` (C,H,W or D): optional pool, optional conv, MLP."""
     hidden = [int(cfg.hidden_dim)] * int(cfg.n_hidden_layers)
@@ -64,8 +70,7 @@ class DecoupledGreedy(LearningRule):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        if cfg.aux.type not in ("mlp", "cnn"):
-            raise ConfigError(f"method.aux.type={cfg.aux.type!r} is not known; choose mlp or cnn")
+        check_aux_config(cfg.aux)
         self.weight = float(cfg.get("last_gradient_weight", 0.0)) if cfg.get("direct_global") else 0.0
         if not 0.0 <= self.weight <= 1.0:
             raise ConfigError(f"method.last_gradient_weight={self.weight} must be in [0, 1] "

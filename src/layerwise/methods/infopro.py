@@ -20,7 +20,7 @@ from torch import nn
 
 from layerwise.errors import ConfigError
 from layerwise.methods.base import LearningRule, Signal, TrainGroup, output_shapes
-from layerwise.methods.dgl import build_aux_head
+from layerwise.methods.dgl import build_aux_head, check_aux_config
 from layerwise.models import Network, flat_layers, regroup
 
 RECON_LOSSES = ("bce", "mse")
@@ -101,8 +101,7 @@ class InfoPro(LearningRule):
             raise ConfigError(f"method.recon_loss={cfg.recon_loss!r} is not known; choose bce or mse")
         if cfg.label_loss not in LABEL_LOSSES:
             raise ConfigError(f"method.label_loss={cfg.label_loss!r} is not known; choose ce or contrast")
-        if cfg.aux.type not in ("mlp", "cnn"):
-            raise ConfigError(f"method.aux.type={cfg.aux.type!r} is not known; choose mlp or cnn")
+        check_aux_config(cfg.aux)
         recon, pred = _weight_pair(cfg, "recon_weight"), _weight_pair(cfg, "pred_weight")
         for end in (0, 1):
             if recon[end] == 0 and pred[end] == 0:
