@@ -40,6 +40,13 @@ def test_vgg11c_keeps_4x4_maps_and_an_mlp_head():
     assert sum(isinstance(m, nn.Linear) for m in net.head.modules()) == 2
 
 
+def test_vgg8b_is_noklands_plan():
+    net = build_network(compose_cfg(["model=vgg8b"]).model, CIFAR)
+    assert [c.out_channels for c in convs(net)] == [128, 256, 256, 512, 512, 512]
+    assert net.block_outputs(torch.randn(2, 3, 32, 32))[-1].shape == (2, 512, 2, 2)
+    assert [m.out_features for m in net.head.modules() if isinstance(m, nn.Linear)] == [1024, 10]
+
+
 def test_mlp_widths_and_options():
     cfg = compose_cfg(["model=mlp", "model.widths=[64,32]", "model.dropout=0.3", "model.head_hidden=[16]"]).model
     net = build_network(cfg, InputSpec(1, 8, 10))

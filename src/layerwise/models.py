@@ -23,6 +23,8 @@ VGG_PLANS: dict[str, list] = {
               512, 512, 512, 512, "M"],
     # VGG11's convs with only the first three pools: a 4x4 map on 32x32 input, followed by an MLP.
     "vgg11c": [64, "M", 128, "M", 256, 256, "M", 512, 512, 512, 512],
+    # Nøkland & Eidnes (2019)'s VGG8b convs: 2x2x512 on 32x32 input, followed by an MLP of 1024.
+    "vgg8b": [128, 256, "M", 256, 512, "M", 512, "M", 512, "M"],
 }
 
 
