@@ -8,6 +8,8 @@ import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 from torchvision.utils import save_image
 
+from layerwise.methods.base import evaluating
+
 
 class RuleImages(L.Callback):
     """Saves `rule.images(...)` as `images/<name>_epoch<E>.png` in the run dir and logs them to wandb.
@@ -30,10 +32,8 @@ class RuleImages(L.Callback):
     def on_validation_epoch_end(self, trainer, pl_module):
         if trainer.sanity_checking or self._batch is None or not self._due(trainer):
             return
-        was_training = pl_module.net.training
-        pl_module.net.eval()
-        grids = pl_module.rule.images(pl_module.net, self._batch)
-        pl_module.net.train(was_training)
+        with evaluating(pl_module.net):
+            grids = pl_module.rule.images(pl_module.net, self._batch)
         if not grids:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)

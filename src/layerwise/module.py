@@ -20,7 +20,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from layerwise.memory import ActivationMeter
-from layerwise.methods.base import LearningRule, Signal
+from layerwise.methods.base import LearningRule, Signal, evaluating
 from layerwise.models import Network
 from layerwise.optim import build_optimizer, build_scheduler
 
@@ -50,10 +50,8 @@ class LayerwiseModule(L.LightningModule):
             self._groups_after[group.step_after].append(k)
 
         n = len(net.blocks)
-        with torch.no_grad():
-            net.eval()
+        with evaluating(net):
             _, exits = rule.evaluate(net, example)
-            net.train()
         # Blocks with an early-exit head report its accuracy; the last block of such a rule reports the
         # network head's, since that is the classifier it is trained with.
         self.exit_blocks = sorted(exits)

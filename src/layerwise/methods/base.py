@@ -17,6 +17,7 @@ Rules never import Lightning: they work on plain tensors and modules.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -135,11 +136,19 @@ class LearningRule(nn.Module):
         return self.name
 
 
-def output_shapes(net: Network, example: torch.Tensor) -> list[torch.Size]:
-    """Per-block output shapes (without the batch dim) for one example batch, in eval mode."""
+@contextmanager
+def evaluating(net: nn.Module):
+    """Eval mode without autograd for a probe pass; the module's previous mode is restored afterwards."""
     was_training = net.training
     net.eval()
-    with torch.no_grad():
-        shapes = [o.shape[1:] for o in net.block_outputs(example[:2])]
-    net.train(was_training)
-    return shapes
+    try:
+        with torch.no_grad():
+            yield net
+    finally:
+        net.train(was_training)
+
+
+def output_shapes(net: Network, example: torch.Tensor) -> list[torch.Size]:
+    """Per-block output shapes (without the batch dim) for one example batch, in eval mode."""
+    with evaluating(net):
+        return [o.shape[1:] for o in net.block_outputs(example[:2])]

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from layerwise.errors import ConfigError
-from layerwise.methods.base import LearningRule, Signal, TrainGroup, output_shapes
+from layerwise.methods.base import LearningRule, Signal, TrainGroup, evaluating, output_shapes
 from layerwise.models import Network, mlp
 
 
@@ -85,7 +85,7 @@ class DecoupledGreedy(LearningRule):
             return n
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= n:
             raise ConfigError(f"method.first_trainable_block={value!r} must be an integer in [0, {n}] "
-                              "(the network has {n} blocks) or 'head' (only the head trains)".replace("{n}", str(n)))
+                              f"(the network has {n} blocks) or 'head' (only the head trains)")
         return value
 
     def local_blocks(self) -> range:
@@ -102,9 +102,9 @@ class DecoupledGreedy(LearningRule):
 
     def setup(self, net: Network, example: torch.Tensor, num_classes: int) -> None:
         super().setup(net, example, num_classes)
-        if len(net.blocks) < 2 and self.cfg.get("first_trainable_block", 0) != "head":
-            raise ConfigError(f"{self.name} needs at least 2 blocks; set model.blocks to a larger number or null")
         self.first_trainable = self._first_trainable(len(net.blocks))
+        if len(net.blocks) < 2 and self.first_trainable < len(net.blocks):
+            raise ConfigError(f"{self.name} needs at least 2 blocks; set model.blocks to a larger number or null")
         for block in net.blocks[:self.first_trainable]:
             block.requires_grad_(False)
         shapes = output_shapes(net, example)
@@ -114,12 +114,9 @@ class DecoupledGreedy(LearningRule):
             self._check_global_shapes(net, example)
 
     def _check_global_shapes(self, net: Network, example: torch.Tensor) -> None:
-        was_training = net.training
-        net.eval()
-        with torch.no_grad():
+        with evaluating(net):
             head_shape = net(example[:2]).shape
             logits = self.evaluate(net, example[:2])[1]
-        net.train(was_training)
         wrong = {i: tuple(v.shape) for i, v in logits.items() if v.shape != head_shape}
         if wrong:
             raise ConfigError(f"method.direct_global needs every aux head to output the head's shape "

@@ -43,7 +43,6 @@ class Decoder(nn.Module):
     def __init__(self, channels: int, image_channels: int, in_size: int, image_size: int, upsample: str):
         super().__init__()
         self.size = in_size if upsample == "none" else image_size
-        self.upsample = upsample
         layers: list[nn.Module] = []
         if upsample == "transposed":
             for _ in range(max(0, round(math.log2(image_size / in_size)))):
@@ -117,8 +116,8 @@ class SelfSupervised(DecoupledGreedy):
                 raise ConfigError(f"method=ssl needs conv blocks (image-shaped outputs), but block {i} outputs "
                                   f"{tuple(shape)}; use a conv model (basic_cnn, vgg*) or method=dgl")
             self.decoders[str(i)] = Decoder(shape[0], image_channels, shape[-1], image_size, self.cfg.upsample)
-        convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
         if self.cfg.shift:
+            convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
             local = list(self.local_blocks())
             self.shifts = dict(zip(local, shift_schedule(convs[0].kernel_size[0], image_size, len(local))))
             if convs[0].padding_mode != "circular":
