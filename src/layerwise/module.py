@@ -1,7 +1,7 @@
 """The one LightningModule: runs blocks in order and trains each with the signal its rule gives.
 
-It never names a rule. For each block: forward on the rule's view of the input, backward the rule's
-signal, step the optimizers whose group is complete, move on. Local rules detach block inputs, so each
+It never names a rule: `batch.run_batch` runs the blocks in order, and this module supplies the backward
+(with logging) and the optimizer steps of groups that are complete. Local rules detach block inputs, so each
 block's graph is freed by its own backward before the next block runs.
 
 Manual optimization facts handled here: with K optimizers Lightning's `global_step` advances K per
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from layerwise.batch import run_batch
 from layerwise.memory import ActivationMeter
 from layerwise.methods.base import LearningRule, Signal, evaluating
 from layerwise.models import Network
@@ -102,27 +103,17 @@ class LayerwiseModule(L.LightningModule):
             acc.update(signal.logits.detach(), y)
             self.log(f"{prefix}acc", acc, on_step=False, on_epoch=True)
 
-    def _train_stage(self, i: int, signal: Signal | None, out: torch.Tensor, y: torch.Tensor, prefix: str, acc,
-                     optimizers: list) -> None:
-        """Backward stage i's signal, then any signal it made computable, then step the completed groups."""
-        self._backward_signal(signal, out, y, prefix, acc)
-        for late_prefix, late in self.rule.after_backward(i).items():
-            self._backward_signal(late, None, y, late_prefix)
-        self._step_groups(i, optimizers)
-
     def training_step(self, batch, batch_idx):
         x, y = batch
         optimizers = self._optimizer_list()
         n = len(self.net.blocks)
+
+        def backward(signal: Signal | None, out, prefix: str, stage: int | None) -> None:
+            acc = None if stage is None else (self.train_acc if stage == n else self.block_train_acc[str(stage)])
+            self._backward_signal(signal, out, y, prefix, acc)
+
         with self.meter.track(x.device, enabled=batch_idx < self.memory_batches):
-            self.rule.begin_batch(self.net, x, y)
-            h = x
-            for i, block in enumerate(self.net.blocks):
-                h = block(self.rule.block_input(i, h))
-                self._train_stage(i, self.rule.block_signal(i, h, y), h, y, f"block{i}/train_",
-                                  self.block_train_acc[str(i)], optimizers)
-            logits = self.net.head(self.rule.block_input(n, h))
-            self._train_stage(n, self.rule.head_signal(logits, y), logits, y, "train/", self.train_acc, optimizers)
+            run_batch(self.net, self.rule, x, y, backward, lambda i: self._step_groups(i, optimizers))
         self._samples += len(y)
 
     def on_train_epoch_start(self) -> None:
