@@ -30,6 +30,11 @@ DIGITS = ["data=digits", "data.image_size=16", "model=basic_cnn", "model.channel
           "trainer.max_epochs=3", "trainer.accelerator=cpu", "logger=none", "trainer.progress_bar=false"]
 
 
+# The same digits check with an MLP (model.head_hidden=[]: the output layer follows the last block directly).
+DIGITS_MLP = [o for o in DIGITS if not o.startswith("model")] + ["model=mlp", "model.widths=[128,128]",
+                                                                  "model.head_hidden=[]"]
+
+
 def compose_cfg(overrides: list[str]):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose("config", overrides=overrides)

@@ -9,6 +9,8 @@ from layerwise.methods.dni import SyntheticGradients
 from layerwise.methods.ssl import SelfSupervised
 from layerwise.methods.infopro import InfoPro
 from layerwise.methods.predsim import LocalErrorSignals
+from layerwise.methods.fa import FeedbackAlignment
+from layerwise.methods.sign_symmetry import SignSymmetry
 
 RULES: dict[str, type[LearningRule]] = {
     Backprop.name: Backprop,
@@ -17,6 +19,8 @@ RULES: dict[str, type[LearningRule]] = {
     SelfSupervised.name: SelfSupervised,
     InfoPro.name: InfoPro,
     LocalErrorSignals.name: LocalErrorSignals,
+    FeedbackAlignment.name: FeedbackAlignment,
+    SignSymmetry.name: SignSymmetry,
 }
 
 

@@ -1,0 +1,220 @@
+"""Layers whose backward sends the error through a feedback matrix B instead of W (feedback alignment and
+sign-symmetry), and the random matrices those rules (and DFA) draw.
+
+`FeedbackLinear` / `FeedbackConv2d` compute the forward exactly like `nn.Linear` / `nn.Conv2d` and share the
+original layer's parameters; in backward, the input gradient uses B (from their `feedback` module) while the
+weight and bias gradients are the true ones. `convert_layers` swaps them in place of a network's layers.
+Inside `exact_gradients()` they behave like the plain layers (the alignment diagnostic's true-BP reference).
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.grad import conv2d_input, conv2d_weight
+
+from layerwise.errors import ConfigError
+
+INITS = ("default", "kaiming_uniform", "kaiming_normal", "xavier_uniform", "xavier_normal", "orthogonal")
+
+
+def random_feedback(shape, init: str = "default", scale: float = 1.0, generator: torch.Generator | None = None,
+                    device=None) -> torch.Tensor:
+    """A fixed random matrix shaped like a weight (out, in, *kernel); fan-in is `in * prod(kernel)`.
+
+    `default` is PyTorch's own Linear/Conv2d init, U(±1/sqrt(fan_in)), so B starts with W's scale.
+    """
+    check_init(init)
+    b = torch.empty(shape, device=device)
+    fan_in = math.prod(shape[1:])
+    if init == "default":
+        bound = 1.0 / math.sqrt(fan_in)
+        b.uniform_(-bound, bound, generator=generator)
+    elif init == "kaiming_uniform":
+        bound = math.sqrt(6.0 / fan_in)
+        b.uniform_(-bound, bound, generator=generator)
+    elif init == "kaiming_normal":
+        b.normal_(0.0, math.sqrt(2.0 / fan_in), generator=generator)
+    elif init in ("xavier_uniform", "xavier_normal"):
+        fan_out = shape[0] * math.prod(shape[2:])
+        std = math.sqrt(2.0 / (fan_in + fan_out))
+        if init == "xavier_uniform":
+            b.uniform_(-math.sqrt(3.0) * std, math.sqrt(3.0) * std, generator=generator)
+        else:
+            b.normal_(0.0, std, generator=generator)
+    else:
+        flat = b.view(shape[0], -1)
+        nn.init.orthogonal_(flat, generator=generator)
+    return b * scale
+
+
+def check_init(init: str) -> str:
+    if init not in INITS:
+        raise ConfigError(f"method.feedback.init={init!r} is not known; choose one of {', '.join(INITS)}")
+    return init
+
+
+_EXACT: ContextVar[bool] = ContextVar("layerwise_exact_gradients", default=False)
+
+
+@contextmanager
+def exact_gradients():
+    """Feedback layers run as plain layers here (forward and backward), e.g. for a true-BP reference gradient."""
+    token = _EXACT.set(True)
+    try:
+        yield
+    finally:
+        _EXACT.reset(token)
+
+
+# ----------------------------------------------------------------------------- what B is
+class FixedFeedback(nn.Module):
+    """Feedback alignment: one random matrix, drawn once."""
+
+    def __init__(self, matrix: torch.Tensor):
+        super().__init__()
+        self.register_buffer("matrix", matrix)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return self.matrix
+
+
+class SignFeedback(nn.Module):
+    """Uniform sign-concordant feedback: sign(W)·scale, following W as it trains.
+
+    scale None: the RMS of W, so that ‖B‖ = ‖W‖ and the backward signal keeps BP's magnitude.
+    """
+
+    def __init__(self, scale: float | None):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        w = weight.detach()
+        scale = self.scale if self.scale is not None else w.pow(2).mean().sqrt()
+        return torch.sign(w) * scale
+
+
+class SignMagnitudeFeedback(nn.Module):
+    """Random-magnitude sign-concordant feedback: |M| ⊙ sign(W)·scale; `redraw` draws a new |M|."""
+
+    def __init__(self, shape, init: str, scale: float):
+        super().__init__()
+        self.init, self.scale = init, scale
+        self.register_buffer("magnitude", random_feedback(shape, init).abs())
+
+    def redraw(self) -> None:
+        self.magnitude.copy_(random_feedback(self.magnitude.shape, self.init, device=self.magnitude.device).abs())
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return self.magnitude * torch.sign(weight.detach()) * self.scale
+
+
+# ----------------------------------------------------------------------------- autograd
+class _LinearFeedback(torch.autograd.Function):
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx, x, weight, bias, feedback):
+        ctx.save_for_backward(x, feedback)
+        ctx.has_bias = bias is not None
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, grad_out):
+        x, feedback = ctx.saved_tensors
+        g2 = grad_out.reshape(-1, grad_out.shape[-1])
+        grad_x = grad_out @ feedback.to(grad_out.dtype) if ctx.needs_input_grad[0] else None
+        grad_w = g2.t() @ x.reshape(-1, x.shape[-1]).to(g2.dtype) if ctx.needs_input_grad[1] else None
+        grad_b = g2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b, None
+
+
+class _Conv2dFeedback(torch.autograd.Function):
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx, x, weight, bias, feedback, stride, padding, dilation, groups):
+        ctx.save_for_backward(x, feedback)
+        ctx.conv = (stride, padding, dilation, groups)
+        ctx.weight_shape, ctx.has_bias = weight.shape, bias is not None
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, grad_out):
+        x, feedback = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = conv2d_input(x.shape, feedback.to(grad_out.dtype), grad_out, *ctx.conv)
+        if ctx.needs_input_grad[1]:
+            grad_w = conv2d_weight(x.to(grad_out.dtype), ctx.weight_shape, grad_out, *ctx.conv)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_out.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None, None, None, None, None
+
+
+# ----------------------------------------------------------------------------- layers
+class FeedbackLayer:
+    """A Linear/Conv2d whose input gradient goes through `self.feedback(self.weight)` instead of the weight."""
+
+    weight: nn.Parameter
+    feedback: nn.Module
+
+    def feedback_weight(self) -> torch.Tensor:
+        return self.feedback(self.weight)
+
+
+class FeedbackLinear(FeedbackLayer, nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _EXACT.get():
+            return F.linear(x, self.weight, self.bias)
+        return _LinearFeedback.apply(x, self.weight, self.bias, self.feedback_weight())
+
+
+class FeedbackConv2d(FeedbackLayer, nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _EXACT.get():
+            return nn.Conv2d.forward(self, x)
+        padding = self.padding
+        if self.padding_mode != "zeros":  # as nn.Conv2d does: pad explicitly, convolve unpadded
+            x, padding = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode), (0, 0)
+        return _Conv2dFeedback.apply(x, self.weight, self.bias, self.feedback_weight(), self.stride, padding,
+                                     self.dilation, self.groups)
+
+
+_CONVERTED = {nn.Linear: FeedbackLinear, nn.Conv2d: FeedbackConv2d}
+
+
+def convert_layers(net: nn.Module, make_feedback: Callable[[nn.Module], nn.Module],
+                   keep: tuple[nn.Module, ...] = ()) -> Counter:
+    """Turn every nn.Linear / nn.Conv2d of `net` (except `keep`) into its feedback version, in place.
+
+    The layer objects stay where they are, with their parameters; only their class changes and they gain a
+    `feedback` submodule (its buffers go into checkpoints). Returns how many layers of each kind changed.
+    """
+    counts: Counter = Counter()
+    for module in list(net.modules()):
+        kind = type(module)
+        if kind not in _CONVERTED or any(module is k for k in keep):
+            continue
+        if kind is nn.Conv2d and isinstance(module.padding, str) and module.padding != "valid":
+            raise ConfigError(f"cannot convert a Conv2d with padding={module.padding!r} to feedback alignment; "
+                              "give the model integer padding")
+        if kind is nn.Conv2d and module.padding == "valid":
+            module.padding = (0, 0)
+        module.__class__ = _CONVERTED[kind]
+        module.feedback = make_feedback(module)
+        counts[kind.__name__] += 1
+    return counts
+
+
+def last_linear(module: nn.Module) -> nn.Linear | None:
+    """The last nn.Linear inside `module` (the output layer when `module` is the head)."""
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None

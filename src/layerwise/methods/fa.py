@@ -1,0 +1,53 @@
+"""Feedback alignment (Lillicrap et al. 2016, "Random synaptic feedback weights support error
+backpropagation for deep learning").
+
+Training is backprop end to end, except that every Linear/Conv2d layer sends the error to its input through a
+fixed random matrix B instead of Wᵀ; its own weight gradient (δ hᵀ) is the true one. The forward pass is
+unchanged. Layers are converted in place in `setup` (see `layerwise.feedback`); B is drawn like W's own init
+(`feedback.init`, times `feedback.scale`), stored as a buffer, and so saved in checkpoints.
+`exact_last` keeps the output layer's backward exact, so the penultimate layer gets the true error.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+from loguru import logger
+from torch import nn
+
+from layerwise.errors import ConfigError
+from layerwise.feedback import FixedFeedback, check_init, convert_layers, last_linear, random_feedback
+from layerwise.methods.base import LearningRule
+from layerwise.models import Network
+
+
+class FeedbackAlignment(LearningRule):
+    name = "fa"
+    local = False
+
+    def __init__(self, cfg=None):
+        super().__init__(cfg)
+        cfg = cfg or {}
+        feedback = cfg.get("feedback") or {}
+        self.init = check_init(str(feedback.get("init", "default")))
+        self.scale = feedback.get("scale", 1.0)
+        if self.scale is not None and (isinstance(self.scale, bool) or not float(self.scale) > 0):
+            raise ConfigError(f"method.feedback.scale={self.scale} must be a number > 0")
+        self.exact_last = bool(cfg.get("exact_last", False))
+        self.converted: Counter = Counter()
+
+    def make_feedback(self, layer: nn.Module) -> nn.Module:
+        return FixedFeedback(random_feedback(layer.weight.shape, self.init, 1.0 if self.scale is None else float(self.scale)))
+
+    def setup(self, net: Network, example, num_classes: int) -> None:
+        super().setup(net, example, num_classes)
+        keep = (last_linear(net.head),) if self.exact_last else ()
+        self.converted = convert_layers(net, self.make_feedback, keep)
+        logger.info(f"{self.name}: {self._conversion()}")
+
+    def _conversion(self) -> str:
+        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(self.converted.items()))
+        exact = "; output layer kept exact" if self.exact_last else ""
+        return f"converted {sum(self.converted.values())} layers ({kinds or 'none'}){exact}"
+
+    def describe(self) -> str:
+        return f"{self.name} ({self._conversion()})"
