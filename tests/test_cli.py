@@ -24,6 +24,9 @@ def test_legacy_flags_translate_to_overrides():
 @pytest.mark.parametrize("argv, produced", [
     (["--dni"], ["method=dni"]),
     (["--cdni"], ["method=cdni"]),
+    (["--fa"], ["method=fa"]),
+    (["--dfa"], ["method=dfa"]),
+    (["--sign_symmetry"], ["method=sign_symmetry"]),
     (["--ssl", "--shift_ssl_labels", "--upsample", "--pred_loss_weight", "0.3", "--ssl_loss_weight", "0.7"],
      ["method=ssl", "method.shift=true", "method.upsample=bilinear", "method.pred_weight=0.3", "method.ssl_weight=0.7"]),
     (["--dgl", "--is_direct_global", "--last_gradient_weight", "0.5"],
@@ -47,7 +50,7 @@ def test_hydra_flags_pass_through_untouched():
 
 @pytest.mark.parametrize("argv, message", [
     (["--epoch", "3"], "did you mean --epochs"),
-    (["--fa"], "not available yet"),
+    (["--fa_"], "did you mean --fa"),
     (["--bp", "--is_direct_global"], "--is_direct_global does not apply to method=bp; use it with --dgl"),
     (["--ssl", "--use_last_gradient"], "does not apply to method=ssl"),
     (["method=predsim", "--upsample"], "--upsample does not apply to method=predsim; use it with --ssl"),
@@ -99,3 +102,11 @@ def test_bad_input_exits_non_zero_with_one_clear_line(args, message, tmp_path):
     assert res.returncode != 0
     assert message in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_legacy_feedback_alignment_flag_runs_end_to_end(tmp_path):
+    res = run_cli(["--sign_symmetry", "--device", "cpu", *TINY, "model=mlp", "model.widths=[32,32]"], tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "legacy flags -> overrides: method=sign_symmetry" in res.stderr
+    (run,) = run_dirs(tmp_path)
+    assert read_summary(run)["method"] == "sign_symmetry"

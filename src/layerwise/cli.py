@@ -17,7 +17,7 @@ MODEL_NAMES = {"basiccnn": "basic_cnn", "basic": "basic_cnn", "mlp": "mlp", "vgg
 
 
 class LegacyFlagError(ValueError):
-    """A legacy flag that is unknown, not yet available, or has a bad value."""
+    """A legacy flag that is unknown or has a bad value."""
 
 
 def _model(value: str) -> list[str]:
@@ -84,6 +84,9 @@ SWITCH_FLAGS: dict[str, list[str]] = {
     "--dni": ["method=dni"],
     "--cdni": ["method=cdni"],
     "--ssl": ["method=ssl"],
+    "--fa": ["method=fa"],
+    "--dfa": ["method=dfa"],
+    "--sign_symmetry": ["method=sign_symmetry"],
     "--shift_ssl_labels": ["method.shift=true"],
     "--upsample": ["method.upsample=bilinear"],
     "--is_direct_global": ["method.direct_global=true"],
@@ -97,11 +100,6 @@ SWITCH_FLAGS: dict[str, list[str]] = {
     "--enable_gaussian_normalization": ["data.normalize=gaussian"],
 }
 
-# Flags of the original code whose learning rules have not landed yet.
-NOT_YET: dict[str, str] = {
-    **{f: "the feedback-alignment family" for f in ("--fa", "--dfa", "--sign_symmetry")},
-}
-
 # Hydra's own flags: those taking a value, and switches.
 HYDRA_VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--package", "-p",
                      "--experimental-rerun", "--shell-completion", "-sc"}
@@ -111,7 +109,7 @@ HYDRA_CFG_CHOICES = {"job", "hydra", "all"}
 
 
 def _suggest(flag: str) -> str:
-    known = [*VALUE_FLAGS, *SWITCH_FLAGS, *NOT_YET, *HYDRA_VALUE_FLAGS, *HYDRA_SWITCHES]
+    known = [*VALUE_FLAGS, *SWITCH_FLAGS, *HYDRA_VALUE_FLAGS, *HYDRA_SWITCHES]
     close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
     return f"; did you mean {close[0]}?" if close else "; see README (legacy flags) or use key=value overrides"
 
@@ -140,9 +138,6 @@ def translate(argv: list[str]) -> tuple[list[str], list[str]]:
                 out.append(argv[i + 1])
                 i += 1
             i += 1
-        elif flag in NOT_YET:
-            raise LegacyFlagError(f"{flag} is not available yet: {NOT_YET[flag]} has not landed in layerwise; "
-                                  f"available: --bp, --dgl, --dni, --cdni, --ssl, or method=predsim|infopro")
         elif flag in SWITCH_FLAGS:
             produced += SWITCH_FLAGS[flag]
             i += 1
