@@ -23,10 +23,13 @@ def _value(metrics: dict, key: str):
 
 
 class SummaryCallback(L.Callback):
-    """Tracks best test accuracy per epoch and writes `summary.json` with the run's status."""
+    """Tracks best test accuracy per epoch and writes `summary.json` with the run's status.
 
-    def __init__(self, path: Path, identity: dict):
-        self.path, self.identity = path, identity
+    `extras`: callbacks with a `summary() -> dict` (the diagnostics), merged in at the end.
+    """
+
+    def __init__(self, path: Path, identity: dict, extras=()):
+        self.path, self.identity, self.extras = path, identity, list(extras)
         self.t0 = time.perf_counter()
         self.best_test_acc: float | None = None
         self.imgs_per_sec: list[float] = []
@@ -61,6 +64,8 @@ class SummaryCallback(L.Callback):
             "peak_activation_mb": round(self.peak_activation_mb, 3),
             "wall_s": round(time.perf_counter() - self.t0, 2),
         }
+        for extra in self.extras:
+            self.data.update(extra.summary())
         write_json_atomic(self.path, self.data)
         return self.data
 

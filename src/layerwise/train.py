@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from layerwise.checks import check_config, check_device
 from layerwise.data import ImageDataModule
+from layerwise.diagnostics import build_diagnostics
 from layerwise.errors import LayerwiseError
 from layerwise.images import RuleImages
 from layerwise.methods import build_rule
@@ -75,13 +76,14 @@ def build_experiment(cfg: DictConfig):
 
 
 def fit(cfg: DictConfig, run_dir: Path) -> dict:
+    diagnostics = build_diagnostics(cfg)  # rejects bad diagnostics options before any data is loaded
     datamodule, module = build_experiment(cfg)
     n_params = sum(p.numel() for p in module.parameters())
     logger.info(f"{cfg.name}: {module.rule.describe()} on {cfg.model.name} ({len(module.net.blocks)} blocks, "
                 f"{len(module.groups)} optimizers, {n_params / 1e6:.2f}M params incl. aux) -> {run_dir}")
     identity = {"name": str(cfg.name), "method": str(cfg.method.name), "model": str(cfg.model.name),
                 "data": str(cfg.data.name), "seed": int(cfg.seed)}
-    summary = SummaryCallback(run_dir / "summary.json", identity)
+    summary = SummaryCallback(run_dir / "summary.json", identity, extras=diagnostics)
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="test/acc", mode="max",
                                   save_top_k=1, save_last=True, auto_insert_metric_name=False)
     t = cfg.trainer
@@ -93,7 +95,7 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict:
         deterministic=t.deterministic, benchmark=t.benchmark, num_sanity_val_steps=0,
         logger=_loggers(cfg, run_dir) or False,
         callbacks=[summary, checkpoints, EpochLine(console=not progress), *progress,
-                   RuleImages(run_dir / "images", t.images_every_n_epochs)],
+                   RuleImages(run_dir / "images", t.images_every_n_epochs), *diagnostics],
         enable_progress_bar=bool(progress), enable_model_summary=False,
         default_root_dir=str(run_dir),
     )

@@ -1,0 +1,157 @@
+"""Diagnostics: gradient alignment with BP (and W/B geometry of feedback layers), linear probes per block."""
+import csv
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import DIGITS, TINY, compose_cfg, fit_cfg, read_summary
+from layerwise.diagnostics import GradientAlignment, feedback_geometry, gradient_alignment, linear_probe
+from layerwise.feedback import FeedbackLayer, FixedFeedback, convert_layers
+from layerwise.methods import build_rule
+from layerwise.models import InputSpec, build_network
+
+MLP = ["model=mlp", "model.widths=[32,32,32]", "model.head_hidden=[16]"]
+SPEC = InputSpec(3, 8, 5)
+
+
+def make(method: str, extra=()):
+    """A small CNN (3 blocks + MLP head) and its rule, set up on one batch of random tensors."""
+    cfg = compose_cfg(["model=basic_cnn", "model.channels=[4,6,8]", "model.kernel_size=3", "model.head_hidden=[16]",
+                       f"method={method}", *(["method.aux.hidden_dim=12"] if method == "dgl" else []), *extra])
+    torch.manual_seed(0)
+    net, rule = build_network(cfg.model, SPEC), build_rule(cfg.method)
+    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 5, (16,))
+    rule.setup(net, x, SPEC.num_classes)
+    return net, rule, x, y
+
+
+def test_both_selection_syntaxes_compose():
+    assert "diagnostics" not in compose_cfg([])  # none by default
+    one = compose_cfg(["diagnostics=alignment", "diagnostics.alignment.every_n_steps=3"])
+    assert set(one.diagnostics) == {"alignment"} and one.diagnostics.alignment.every_n_steps == 3
+    both = compose_cfg(["diagnostics=[alignment,probe]"])
+    assert set(both.diagnostics) == {"alignment", "probe"}
+
+
+def test_bp_is_aligned_with_itself_and_dgl_block0_is_not():
+    net, rule, x, y = make("bp", ["model.dropout=0.3"])  # dropout: both passes must draw the same masks
+    bp = gradient_alignment(net, rule, x, y)
+    n = len(net.blocks)
+    assert set(bp) == {f"block{i}/align_bp" for i in range(n)} | {"head/align_bp"}
+    for key, value in bp.items():
+        assert value == pytest.approx(1.0, abs=1e-5), key
+
+    net, rule, x, y = make("dgl")
+    dgl = gradient_alignment(net, rule, x, y)
+    assert dgl["block0/align_bp"] < 0.99
+    # DGL's last block and head train on the network head's loss: exactly the BP gradient there.
+    assert dgl[f"block{n - 1}/align_bp"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_alignment_leaves_the_module_untouched():
+    net, rule, x, y = make("dgl")
+    module = nn.ModuleList([net, rule])
+    state = {k: v.clone() for k, v in module.state_dict().items()}
+    rng = torch.get_rng_state()
+    gradient_alignment(net, rule, x, y)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(p.grad is None for p in module.parameters())
+    for k, v in module.state_dict().items():
+        assert torch.equal(v, state[k]), k
+
+
+def _feedback_linear(d_in, d_out, b=None):
+    layer = nn.Linear(d_in, d_out)
+    convert_layers(layer, lambda m: FixedFeedback(m.weight.detach().clone() if b is None else b(m.weight)))
+    return layer
+
+
+def test_feedback_geometry():
+    torch.manual_seed(0)
+    same = nn.Sequential(_feedback_linear(6, 5), nn.ReLU(), _feedback_linear(5, 4))
+    geo = feedback_geometry(same)
+    assert geo["angle_wb"] == pytest.approx(0.0, abs=1e-3) and geo["norm_ratio_bw"] == pytest.approx(1.0)
+    geo = feedback_geometry(_feedback_linear(6, 5, b=lambda w: -2 * w.detach()))
+    assert geo["angle_wb"] == pytest.approx(180.0, abs=1e-3) and geo["norm_ratio_bw"] == pytest.approx(2.0)
+    assert feedback_geometry(nn.Linear(3, 3)) == {}
+
+
+def test_fa_alignment_uses_the_true_gradient_as_reference():
+    net, rule, x, y = make("fa")
+    fa = gradient_alignment(net, rule, x, y)
+    n = len(net.blocks)
+    assert all(f"block{i}/angle_wb" in fa and f"block{i}/norm_ratio_bw" in fa for i in range(n))
+    assert 45 < fa["block0/angle_wb"] < 135  # a random B is nearly orthogonal to W
+    assert fa["block0/align_bp"] < 0.99
+    # B == W: feedback alignment is backprop, and the geometry says so.
+    for layer in net.modules():
+        if isinstance(layer, FeedbackLayer):
+            layer.feedback.matrix.copy_(layer.weight.detach())
+    fa = gradient_alignment(net, rule, x, y)
+    for i in range(n):
+        assert fa[f"block{i}/align_bp"] == pytest.approx(1.0, abs=1e-5)
+        assert fa[f"block{i}/angle_wb"] == pytest.approx(0.0, abs=0.1)
+        assert fa[f"block{i}/norm_ratio_bw"] == pytest.approx(1.0, abs=1e-6)
+    callback = GradientAlignment(every_n_steps=1)
+    callback.last, callback.n_blocks = fa, n
+    summary = callback.summary()
+    assert summary["align_bp"] == pytest.approx([1.0] * n, abs=1e-5)
+    assert summary["angle_wb"] == pytest.approx([0.0] * n, abs=0.1)
+    assert summary["norm_ratio_bw"] == pytest.approx([1.0] * n)
+
+
+def test_linear_probe_separates_separable_features():
+    gen = torch.Generator().manual_seed(0)
+    centers = 4 * torch.randn(4, 20, generator=gen)
+    y = torch.randint(0, 4, (600,), generator=gen)
+    x = centers[y] + torch.randn(600, 20, generator=gen)
+    acc = linear_probe(x[:400], y[:400], x[400:], y[400:], 4, epochs=20, lr=0.05, batch_size=200)
+    assert acc == pytest.approx(1.0, abs=0.01)
+    again = linear_probe(x[:400], y[:400], x[400:], y[400:], 4, epochs=20, lr=0.05, batch_size=200)
+    assert again == acc  # deterministic
+
+
+@pytest.fixture(scope="module")
+def dropout_runs(tmp_path_factory):
+    """The same 2-epoch run (dropout, shuffled batches) without and with the alignment diagnostic."""
+    base = [*TINY, *MLP, "method=dgl", "model.dropout=0.3", "trainer.max_epochs=2"]
+    plain = tmp_path_factory.mktemp("plain")
+    aligned = tmp_path_factory.mktemp("aligned")
+    fit_cfg(base, plain)
+    fit_cfg([*base, "diagnostics=alignment", "diagnostics.alignment.every_n_steps=2"], aligned)
+    return plain, aligned
+
+
+def test_alignment_does_not_change_training(dropout_runs):
+    plain, aligned = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+                      for d in dropout_runs)
+    assert plain.keys() == aligned.keys()
+    for k in plain:
+        assert torch.equal(plain[k], aligned[k]), k
+
+
+def test_alignment_goes_to_metrics_csv_and_summary(dropout_runs):
+    run = dropout_runs[1]
+    with open(run / "metrics.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("block0/align_bp")]
+    # 3 batches per epoch, 2 epochs, every 2nd batch counted across epochs: batches 0, 2, 4.
+    assert [int(r["step"]) for r in rows] == [0, 2, 4]
+    for r in rows:
+        for key in ("block0/align_bp", "block1/align_bp", "block2/align_bp", "head/align_bp"):
+            assert math.isfinite(float(r[key])), key
+    summary = read_summary(run)
+    assert len(summary["align_bp"]) == 3 and all(math.isfinite(v) for v in summary["align_bp"])
+    assert summary["align_bp"][0] == pytest.approx(float(rows[-1]["block0/align_bp"]))
+    assert "angle_wb" not in summary  # no feedback layers in a DGL net
+    assert "align_bp" not in read_summary(dropout_runs[0])
+
+
+def test_probe_on_digits(tmp_path):
+    summary = fit_cfg([*DIGITS, "trainer.max_epochs=1", "trainer.limit_train_batches=5", "diagnostics=probe",
+                       "diagnostics.probe.max_train_samples=600", "diagnostics.probe.epochs=10",
+                       "diagnostics.probe.batch_size=300", "diagnostics.probe.lr=0.02"], tmp_path)
+    acc = summary["probe_acc"]
+    assert len(acc) == 3 and all(0.0 <= a <= 1.0 for a in acc)
+    assert acc[-1] > 0.5, acc  # chance is 0.10
