@@ -79,6 +79,13 @@ def test_augmentation_switches():
     assert type(build_transform(resized, info, True).transforms[0]).__name__ == "RandomResizedCrop"
 
 
+def test_no_transform_at_all_is_the_identity():
+    cfg = compose_cfg(["data=digits", "data.normalize=none"]).data
+    info = DataInfo(1, 8, 10, (0.5,), (0.25,), from_pil=False)
+    x = torch.rand(1, 8, 8)
+    assert torch.equal(build_transform(cfg, info, train=False)(x), x)
+
+
 def test_missing_dataset_offline_names_where_to_put_it(tmp_path, monkeypatch):
     import torchvision.datasets as tvd
 

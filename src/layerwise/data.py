@@ -210,7 +210,7 @@ LOADERS: dict[str, Callable] = {
 }
 
 
-def build_transform(cfg, info: DataInfo, train: bool) -> v2.Compose:
+def build_transform(cfg, info: DataInfo, train: bool) -> v2.Compose | v2.Identity:
     """The thesis's augmentations as switches, then normalisation."""
     aug, size = cfg.augment, int(cfg.image_size or info.size)
     steps: list = []
@@ -235,7 +235,7 @@ def build_transform(cfg, info: DataInfo, train: bool) -> v2.Compose:
         raise ConfigError(f"data.normalize={cfg.normalize!r} is not known; choose minus_one_one, gaussian or none")
     if train and aug.random_erasing:
         steps.append(v2.RandomErasing(p=float(aug.erasing_p)))
-    return v2.Compose(steps)
+    return v2.Compose(steps) if steps else v2.Identity()  # Compose refuses an empty list
 
 
 def _subset(ds: Dataset, n, seed: int) -> Dataset:
