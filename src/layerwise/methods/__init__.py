@@ -6,6 +6,7 @@ from layerwise.methods.base import LearningRule, Signal, TrainGroup
 from layerwise.methods.bp import Backprop
 from layerwise.methods.dgl import DecoupledGreedy
 from layerwise.methods.dni import SyntheticGradients
+from layerwise.methods.forward_forward import ForwardForward
 from layerwise.methods.ssl import SelfSupervised
 from layerwise.methods.infopro import InfoPro
 from layerwise.methods.predsim import LocalErrorSignals
@@ -16,6 +17,7 @@ RULES: dict[str, type[LearningRule]] = {
     Backprop.name: Backprop,
     DecoupledGreedy.name: DecoupledGreedy,
     SyntheticGradients.name: SyntheticGradients,
+    ForwardForward.name: ForwardForward,
     SelfSupervised.name: SelfSupervised,
     InfoPro.name: InfoPro,
     LocalErrorSignals.name: LocalErrorSignals,

@@ -1,0 +1,129 @@
+"""Forward-Forward (Hinton, 2022, "The Forward-Forward Algorithm: Some Preliminary Investigations").
+
+Each block of an MLP learns on its own to give high goodness (sum of squared activities) to positive data and
+low goodness to negative data. Here both come from the same image, with a label written over its first K pixels
+(K classes): the true label for the positive pass, a random wrong one for the negative pass. Both halves run as
+one batch of 2N rows. A block's loss is mean(softplus(theta - g_pos) + softplus(g_neg - theta)).
+
+Every block's input is divided by its L2 length and detached: the length carries the previous block's goodness,
+and without the division the next block could just pass it on. Only the direction reaches the next block. The
+image going into block 0 is normalised too (as in common reimplementations), so `threshold` does not depend on
+the data's scale; on digits (8 epochs, one seed) leaving it raw dropped test accuracy from 0.74 to 0.25.
+
+Train it with Adam: with the repo's default SGD (lr 0.05, momentum 0.9, cosine) FF stays near chance on digits
+after 8 epochs, while Adam at lr 0.02 without a schedule reaches 0.89 (see the method yaml).
+
+Prediction overlays each of the K labels in turn and picks the one with the highest goodness summed over the
+blocks from `score_from` on (Hinton skipped the first hidden layer); those scores are the logits, so `test/loss`
+is their cross-entropy. The network head is not used: it is frozen, in no optimizer group, and its signal carries
+no gradient; `train/loss` reports the mean block loss.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from layerwise.errors import ConfigError
+from layerwise.methods.base import LearningRule, Signal, TrainGroup, output_shapes
+from layerwise.models import Network
+
+EPS = 1e-8
+
+
+def overlay(x: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Flattened x with its first K entries replaced by the one-hot labels scaled by the batch's max value."""
+    flat = x.flatten(1).clone()
+    flat[:, :num_classes] = F.one_hot(labels, num_classes).to(flat.dtype) * x.max()
+    return flat
+
+
+def negative_labels(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    # A shift of 1..K-1 is uniform over the wrong labels and can never land on the true one.
+    return (y + torch.randint(1, num_classes, y.shape, device=y.device)) % num_classes
+
+
+def normalize(h: torch.Tensor) -> torch.Tensor:
+    h = h.flatten(1)
+    return h / (h.norm(dim=1, keepdim=True) + EPS)
+
+
+def goodness(h: torch.Tensor) -> torch.Tensor:
+    return h.flatten(1).pow(2).sum(dim=1)
+
+
+def ff_loss(g_pos: torch.Tensor, g_neg: torch.Tensor, threshold: float) -> torch.Tensor:
+    return (F.softplus(threshold - g_pos) + F.softplus(g_neg - threshold)).mean()
+
+
+class ForwardForward(LearningRule):
+    name = "forward_forward"
+    local = True
+    detach_head = True
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.threshold = float(cfg.threshold)
+        self.score_from = int(cfg.score_from)
+        self.num_classes = 0
+        self._batch: torch.Tensor | None = None
+        self._losses: list[torch.Tensor] = []
+
+    def setup(self, net: Network, example: torch.Tensor, num_classes: int) -> None:
+        super().setup(net, example, num_classes)
+        self.num_classes = num_classes
+        if any(len(shape) != 1 for shape in output_shapes(net, example)):
+            raise ConfigError("forward_forward trains MLPs; use model=mlp")
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.blocks.modules()):
+            # BN rescales every unit over the batch (which mixes positive and negative rows), erasing the
+            # activity length that goodness measures.
+            raise ConfigError("forward_forward needs blocks without batch norm; set model.batch_norm=false")
+        if example[0].numel() < num_classes:
+            raise ConfigError(f"forward_forward writes the label over the first {num_classes} input values, but an "
+                              f"input has only {example[0].numel()}; use a larger data.image_size")
+        if not 0 <= self.score_from < self.n_blocks:
+            raise ConfigError(f"method.score_from={self.score_from} must name a block in [0, {self.n_blocks - 1}]")
+        # The head is unused; frozen, its forward on the detached 2N batch builds no graph to free.
+        net.head.requires_grad_(False)
+
+    def begin_batch(self, net: Network, x: torch.Tensor, y: torch.Tensor) -> None:
+        k = self.num_classes
+        self._batch = torch.cat([overlay(x, y, k), overlay(x, negative_labels(y, k), k)])
+        self._losses = []
+
+    def block_input(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        # Detach before normalizing: a graph that is never backpropagated stays alive under saved-tensor hooks.
+        return normalize((self._batch if i == 0 else x).detach())
+
+    def block_signal(self, i: int, h: torch.Tensor, y: torch.Tensor) -> Signal:
+        g = goodness(h)
+        g_pos, g_neg = g[:len(y)], g[len(y):]
+        loss = ff_loss(g_pos, g_neg, self.threshold)
+        self._losses.append(loss.detach())
+        return Signal(loss=loss, metrics={"pos_goodness": g_pos.mean().detach(), "neg_goodness": g_neg.mean().detach()})
+
+    def head_signal(self, logits: torch.Tensor, y: torch.Tensor) -> Signal:
+        self._batch = None
+        return Signal(loss=torch.stack(self._losses).mean())
+
+    def scores(self, net: Network, x: torch.Tensor) -> torch.Tensor:
+        """(N, K) goodness of every candidate label, summed over the scored blocks."""
+        columns = []
+        for label in range(self.num_classes):
+            h = overlay(x, torch.full((len(x),), label, dtype=torch.long, device=x.device), self.num_classes)
+            total = torch.zeros(len(x), device=x.device)
+            for i, block in enumerate(net.blocks):
+                h = block(normalize(h))
+                if i >= self.score_from:
+                    total = total + goodness(h)
+            columns.append(total)
+        return torch.stack(columns, dim=1)
+
+    def evaluate(self, net: Network, x: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        return self.scores(net, x), {}
+
+    def train_groups(self, net: Network) -> list[TrainGroup]:
+        return [TrainGroup(f"block{i}", [block], step_after=i) for i, block in enumerate(net.blocks)]
+
+    def describe(self) -> str:
+        return f"forward_forward (threshold {self.threshold:g}, score from block {self.score_from})"
