@@ -36,6 +36,25 @@ def check_config(cfg: DictConfig) -> None:
                           f"set one of them (model.blocks=null)")
     if cfg.model.padding_mode not in ("zeros", "circular", "reflect", "replicate"):
         raise ConfigError(f"model.padding_mode={cfg.model.padding_mode!r} is not known; use zeros or circular")
+    check_activation(cfg)
+
+
+def check_activation(cfg: DictConfig) -> None:
+    """Refuse a zero-derivative activation (sign, step) with a rule that would backpropagate through it.
+
+    Only then is the rule built (cheap: it reads its options), since the answer can depend on them (DFA's
+    injection point).
+    """
+    from layerwise.methods import build_rule
+    from layerwise.models import ZERO_DERIVATIVE_ACTIVATIONS
+
+    activation = cfg.model.get("activation")
+    if activation not in ZERO_DERIVATIVE_ACTIVATIONS:
+        return
+    rule = build_rule(cfg.method)
+    if rule.zero_derivative_activations == "refuse":
+        raise ConfigError(f"model.activation={activation} has zero derivative, so method={cfg.method.name} "
+                          f"cannot train through it; use model.activation=relu, or method=dfa method.injection=pre")
 
 
 def check_device(trainer_cfg: DictConfig) -> None:

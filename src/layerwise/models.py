@@ -56,11 +56,35 @@ class Network(nn.Module):
         return outs
 
 
+class Sign(nn.Module):
+    """sign(x), a binary unit. Its derivative is zero almost everywhere, so backprop cannot train through it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sign(x)
+
+
+class Step(nn.Module):
+    """Heaviside step (0/1). Written as (sign(x) + 1) / 2 so it stays in the graph with a zero derivative
+    (a comparison would cut the graph, and the rule's injected gradient could not reach the layer below)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (torch.sign(x) + 1) / 2
+
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "elu": nn.ELU,
+                                           "sign": Sign, "step": Step}
+#: Activations whose derivative is zero: only a rule that skips f' (DFA with pre-activation injection) trains them.
+ZERO_DERIVATIVE_ACTIVATIONS = ("sign", "step")
+
+
 def _activation(name: str) -> nn.Module:
-    table = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "elu": nn.ELU}
-    if name not in table:
-        raise ConfigError(f"model.activation={name!r} is not known; choose one of {sorted(table)}")
-    return table[name]()
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"model.activation={name!r} is not known; choose one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+def is_activation(module: nn.Module) -> bool:
+    return isinstance(module, tuple(ACTIVATIONS.values()))
 
 
 def _conv_layer(c_in: int, c_out: int, kernel: int, pool: bool, cfg) -> nn.Sequential:
@@ -151,6 +175,26 @@ def flat_layers(net: Network) -> list[nn.Module]:
     for block in net.blocks:
         layers.extend(block if isinstance(block, LayerGroup) else [block])
     return layers
+
+
+def split_head(net: Network) -> int:
+    """Move the head's hidden layers into new trailing blocks, one per activation (with the Flatten, Dropout
+    and Linear before it), so only the last Linear remains as the head. Returns how many layers moved.
+
+    For rules that give every hidden layer its own signal (DFA). Parameter names change (head.1 -> blocks.3.1),
+    so a rule must call this in `setup`, which runs the same way before a checkpoint is loaded.
+    """
+    if not isinstance(net.head, nn.Sequential):
+        return 0
+    layers = list(net.head)
+    cuts = [k for k, layer in enumerate(layers) if is_activation(layer)]
+    start = 0
+    for k in cuts:
+        net.blocks.append(nn.Sequential(*layers[start:k + 1]))
+        start = k + 1
+    if cuts:
+        net.head = nn.Sequential(*layers[start:])
+    return len(cuts)
 
 
 def regroup(net: Network, blocks) -> None:

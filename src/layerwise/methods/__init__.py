@@ -6,6 +6,7 @@ from layerwise.methods.base import LearningRule, Signal, TrainGroup
 from layerwise.methods.bp import Backprop
 from layerwise.methods.dgl import DecoupledGreedy
 from layerwise.methods.dni import SyntheticGradients
+from layerwise.methods.dfa import DirectFeedbackAlignment
 from layerwise.methods.forward_forward import ForwardForward
 from layerwise.methods.ssl import SelfSupervised
 from layerwise.methods.infopro import InfoPro
@@ -17,6 +18,7 @@ RULES: dict[str, type[LearningRule]] = {
     Backprop.name: Backprop,
     DecoupledGreedy.name: DecoupledGreedy,
     SyntheticGradients.name: SyntheticGradients,
+    DirectFeedbackAlignment.name: DirectFeedbackAlignment,
     ForwardForward.name: ForwardForward,
     SelfSupervised.name: SelfSupervised,
     InfoPro.name: InfoPro,

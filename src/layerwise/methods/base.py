@@ -78,6 +78,11 @@ class LearningRule(nn.Module):
     local = False
     #: True when the head trains on detached features too (every block has its own signal).
     detach_head = False
+    #: Zero-derivative activations (model.activation=sign|step) pass no gradient. "refuse": the config check
+    #: rejects them, as every rule that backpropagates through f' would train nothing; "train": the rule's
+    #: signal skips f' (DFA, pre-activation injection); "warn": allowed though the blocks cannot learn (DFA,
+    #: post-activation: the ablation that shows why the injection point matters).
+    zero_derivative_activations = "refuse"
 
     def __init__(self, cfg=None):
         super().__init__()
