@@ -8,7 +8,8 @@ from conftest import DIGITS, TINY, fit_cfg
 
 # Rules whose blocks have early-exit classifiers (reported as block_test_acc, one per block).
 EXITS = {"dgl", "ssl", "predsim", "infopro"}
-METHODS = ["bp", "dgl", "dni", "cdni", "ssl", "predsim", "infopro", "random_features"]
+METHODS = ["bp", "dgl", "dni", "cdni", "ssl", "predsim", "infopro", "random_features", "fa", "sign_symmetry", "dfa",
+           "forward_forward"]
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -21,6 +22,8 @@ def test_smoke_each_method_and_model(method, model, n_blocks, tmp_path):
     """Every rule trains every model, with layers grouped into blocks by model.blocks."""
     if method == "ssl" and model[0] == "model=mlp":
         pytest.skip("ssl reconstructs images from conv blocks (refusal tested in test_ssl)")
+    if method == "forward_forward" and model[0] != "model=mlp":
+        pytest.skip("forward_forward trains MLPs (refusal tested in test_forward_forward)")
     summary = fit_cfg([*TINY, f"method={method}", *model], tmp_path)
     assert summary["status"] == "completed" and summary["epochs_done"] == 1
     assert math.isfinite(summary["test_loss"]) and 0.0 <= summary["test_acc"] <= 1.0
