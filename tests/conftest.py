@@ -50,6 +50,24 @@ def fit_cfg(overrides: list[str], run_dir: Path) -> dict:
     return fit(compose_cfg(overrides), run_dir)
 
 
+def small_module(overrides: list[str], spec, batch: int = 16):
+    """A LayerwiseModule for `overrides` on a random batch shaped by `spec` (labels cycle through the classes)."""
+    import torch
+
+    from layerwise.methods import build_rule
+    from layerwise.models import build_network
+    from layerwise.module import LayerwiseModule
+
+    cfg = compose_cfg(overrides)
+    torch.manual_seed(0)
+    net = build_network(cfg.model, spec)
+    rule = build_rule(cfg.method)
+    x = torch.randn(batch, spec.channels, spec.size, spec.size)
+    y = torch.arange(batch) % spec.num_classes
+    rule.setup(net, x, spec.num_classes)
+    return LayerwiseModule(net, rule, cfg.optimizer, spec.num_classes, x[:2], max_epochs=1), x, y
+
+
 def train_batches(module, x, y, batch_size):
     """One epoch of the real Lightning loop over (x, y), without validation or outputs."""
     import lightning as L

@@ -8,13 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import compose_cfg, fit_cfg, train_batches
+from conftest import compose_cfg, fit_cfg, small_module, train_batches
 from layerwise.batch import run_batch
 from layerwise.errors import ConfigError
 from layerwise.methods import build_rule
 from layerwise.methods import forward_forward as ff
 from layerwise.models import InputSpec, Network, build_network
-from layerwise.module import LayerwiseModule
 
 SPEC = InputSpec(3, 8, 5)
 SGD = ["optimizer=sgd", "optimizer.lr=0.1", "optimizer.momentum=0", "optimizer.weight_decay=0",
@@ -29,14 +28,7 @@ def rule_for(net, example, num_classes, extra=()):
 
 
 def make(extra=()):
-    cfg = compose_cfg([*MLP, "method=forward_forward", *SGD, *extra])
-    torch.manual_seed(0)
-    net = build_network(cfg.model, SPEC)
-    rule = build_rule(cfg.method)
-    x = torch.randn(16, 3, 8, 8)
-    y = torch.arange(16) % SPEC.num_classes
-    rule.setup(net, x, SPEC.num_classes)
-    return LayerwiseModule(net, rule, cfg.optimizer, SPEC.num_classes, x[:2], max_epochs=1), x, y
+    return small_module([*MLP, "method=forward_forward", *SGD, *extra], SPEC)
 
 
 def test_goodness_and_loss_by_hand():

@@ -5,11 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import DIGITS, TINY, compose_cfg, fit_cfg, train_batches
+from conftest import DIGITS, TINY, compose_cfg, fit_cfg, small_module, train_batches
 from layerwise.errors import ConfigError
 from layerwise.methods import build_rule
 from layerwise.methods.predsim import LocalLoss, pred_pool_size, similarity_matrix
-from layerwise.models import build_network
 from test_rule_math import SPEC
 
 SGD = ["optimizer.lr=0.1", "optimizer.momentum=0", "optimizer.weight_decay=0", "optimizer.scheduler.name=none"]
@@ -18,16 +17,7 @@ MLP = ["model=mlp", "model.widths=[12,10]", "model.head_hidden=[16]"]
 
 
 def make(extra=(), model=CNN):
-    from layerwise.module import LayerwiseModule
-
-    cfg = compose_cfg([*model, "method=predsim", *extra])
-    torch.manual_seed(0)
-    net = build_network(cfg.model, SPEC)
-    rule = build_rule(cfg.method)
-    x = torch.randn(16, 3, 8, 8)
-    y = torch.arange(16) % SPEC.num_classes
-    rule.setup(net, x, SPEC.num_classes)
-    return LayerwiseModule(net, rule, cfg.optimizer, SPEC.num_classes, x[:2], max_epochs=1), x, y
+    return small_module([*model, "method=predsim", *extra], SPEC)
 
 
 def test_similarity_of_one_hot_labels_is_the_rescaled_label_equality():

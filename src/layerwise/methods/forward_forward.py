@@ -63,8 +63,12 @@ class ForwardForward(LearningRule):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.threshold = float(cfg.threshold)
-        self.score_from = int(cfg.score_from)
+        threshold, score_from = cfg.get("threshold", 5.0), cfg.get("score_from", 0)
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+            raise ConfigError(f"method.threshold={threshold!r} must be a number, e.g. method.threshold=5")
+        if isinstance(score_from, bool) or not isinstance(score_from, int):
+            raise ConfigError(f"method.score_from={score_from!r} must be a block index, e.g. method.score_from=1")
+        self.threshold, self.score_from = float(threshold), score_from
         self.num_classes = 0
         self._batch: torch.Tensor | None = None
         self._losses: list[torch.Tensor] = []
