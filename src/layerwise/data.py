@@ -3,9 +3,13 @@
 Every dataset loader returns a train set, a test set and its `DataInfo`; transforms are built from the
 `data.augment` switches with torchvision.transforms.v2, on PIL images and on tensors alike.
 Offline sets: `digits` (scikit-learn's bundled 8x8 digits) and `synthetic` (procedural, seeded).
+
+`data.val_fraction > 0` holds out part of the training set as a validation set (see `ImageDataModule`).
 """
 from __future__ import annotations
 
+import copy
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,16 +256,90 @@ def _with_transform(ds: Dataset, transform) -> Dataset:
     return ds
 
 
+# ------------------------------------------------------------------------------------------ validation split
+VAL_SEED_OFFSET = 2  # generator seed of the split = data.seed + 2 (subset_train uses data.seed, subset_test + 1)
+
+
+def check_val_fraction(cfg) -> float:
+    """`data.val_fraction` as a float in [0, 1) (null or absent: 0 = no validation split)."""
+    value = cfg.get("val_fraction") if hasattr(cfg, "get") else None
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ConfigError(f"data.val_fraction={value!r} is out of range; it must be a number in [0, 1), e.g. "
+                          f"data.val_fraction=0.1 holds out 10% of the training set for validation (0 = off)")
+    return float(value)
+
+
+def _labels(ds: Dataset) -> np.ndarray | None:
+    """Every sample's label without loading images, where the dataset keeps them (else None)."""
+    if isinstance(ds, Subset):
+        labels = _labels(ds.dataset)
+        return None if labels is None else labels[np.asarray(ds.indices, dtype=np.int64)]
+    if isinstance(ds, TensorImages):
+        return ds.labels.numpy()
+    targets = getattr(ds, "targets", None)
+    if targets is None:
+        return None
+    labels = np.asarray(targets.cpu() if isinstance(targets, torch.Tensor) else targets)
+    return labels if labels.ndim == 1 and len(labels) == len(ds) else None
+
+
+def split_indices(n: int, n_val: int, seed: int, labels: np.ndarray | None = None) -> tuple[list[int], list[int]]:
+    """(train, val) positions in range(n), disjoint, covering it, sorted; deterministic given `seed`.
+
+    With labels the split is stratified: within each class the samples are shuffled and spread evenly over
+    [0, 1) (the k-th of m at (k + 0.5) / m), and the n_val samples with the lowest positions are held out,
+    so each class gives about n_val / n of its samples (within one).
+    """
+    gen = torch.Generator().manual_seed(int(seed))
+    order = torch.randperm(n, generator=gen).numpy()
+    if labels is not None:
+        shuffled = np.asarray(labels)[order]
+        _, inverse, counts = np.unique(shuffled, return_inverse=True, return_counts=True)
+        by_class = np.argsort(inverse, kind="stable")  # grouped by class, shuffled order within each
+        rank = np.empty(n, dtype=np.int64)  # each sample's rank within its class
+        rank[by_class] = np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts)
+        position = (rank + 0.5) / counts[inverse]
+        order = order[np.argsort(position, kind="stable")]  # ties keep the random order
+    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+
+
+def _validation_count(n: int, fraction: float, subset_train) -> int:
+    n_val = math.floor(fraction * n + 0.5)
+    if 1 <= n_val <= n - 1:
+        return n_val
+    source = f"{n} training samples" + (f" (after data.subset_train={subset_train})" if subset_train else "")
+    if n < 2:
+        raise ConfigError(f"data.val_fraction={fraction} cannot split {source}: it needs at least 2; use more "
+                          f"training samples or data.val_fraction=0")
+    if n_val < 1:
+        fix = f"use data.val_fraction={1 / n:.2g} or more, or more training samples"
+        raise ConfigError(f"data.val_fraction={fraction} of {source} holds out no sample for validation; {fix}")
+    raise ConfigError(f"data.val_fraction={fraction} of {source} leaves no sample to train on; "
+                      f"lower data.val_fraction (e.g. 0.1) or use more training samples")
+
+
 class ImageDataModule(L.LightningDataModule):
-    """Loads `data.name` once; `info` (channels, size, classes) is known after `setup()`."""
+    """Loads `data.name` once; `info` (channels, size, classes) is known after `setup()`.
+
+    Validation split (`data.val_fraction` > 0): after `data.subset_train` has picked the training samples,
+    round(val_fraction * n) of them are held out as `val_set`, stratified by label where the dataset keeps its
+    labels (tensor sets, torchvision sets, image folders) and seeded by `data.seed` alone (not the run seed),
+    so every seed and every trial of a search sees the same validation set. The validation samples get the
+    test set's augmentation-free transform. `val_dataloader()` then returns [test, val] (dataloader 0 stays
+    the test set, evaluated every epoch as before; dataloader 1 is the validation split); without a split it
+    returns the test loader alone.
+    """
 
     def __init__(self, cfg, pin_memory: bool = False):
         super().__init__()
         if cfg.name not in LOADERS:
             raise ConfigError(f"data={cfg.name!r} is not known; available: {', '.join(sorted(LOADERS))}")
+        self.val_fraction = check_val_fraction(cfg)  # before any data is loaded
         self.cfg, self.pin_memory = cfg, pin_memory
         self.info: DataInfo | None = None
-        self.train_set = self.test_set = None
+        self.train_set = self.test_set = self.val_set = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -270,12 +348,27 @@ class ImageDataModule(L.LightningDataModule):
         if self.cfg.image_size:
             info.size = int(self.cfg.image_size)
         self.info = info
+        eval_transform = build_transform(self.cfg, info, train=False)
+        # A shallow copy shares the samples; it is taken before the training transform is set in place.
+        val_base = _with_transform(copy.copy(train), eval_transform) if self.val_fraction > 0 else None
         train = _with_transform(train, build_transform(self.cfg, info, train=True))
-        test = _with_transform(test, build_transform(self.cfg, info, train=False))
+        test = _with_transform(test, eval_transform)
         self.train_set = _subset(train, self.cfg.subset_train, int(self.cfg.seed))
         self.test_set = _subset(test, self.cfg.subset_test, int(self.cfg.seed) + 1)
-        logger.info(f"data {self.cfg.name}: {len(self.train_set)} train / {len(self.test_set)} test, "
+        if val_base is not None:
+            self.train_set, self.val_set = self._split_validation(train, val_base)
+        val = f" / {len(self.val_set)} val (held out of train)" if self.val_set is not None else ""
+        logger.info(f"data {self.cfg.name}: {len(self.train_set)} train{val} / {len(self.test_set)} test, "
                     f"{info.channels}x{info.size}x{info.size}, {info.num_classes} classes")
+
+    def _split_validation(self, train: Dataset, val_base: Dataset) -> tuple[Dataset, Dataset]:
+        """Split `self.train_set` (after subset_train) into (train', val) Subsets of the full training set."""
+        chosen = self.train_set
+        base_indices = list(chosen.indices) if isinstance(chosen, Subset) else list(range(len(chosen)))
+        n = len(base_indices)
+        n_val = _validation_count(n, self.val_fraction, self.cfg.subset_train)
+        keep, held = split_indices(n, n_val, int(self.cfg.seed) + VAL_SEED_OFFSET, _labels(chosen))
+        return (Subset(train, [base_indices[i] for i in keep]), Subset(val_base, [base_indices[i] for i in held]))
 
     def _workers(self) -> int:
         if self.cfg.num_workers is not None:
@@ -292,8 +385,10 @@ class ImageDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The test set (every epoch, as in the thesis), then the validation split when there is one."""
+        test = self._loader(self.test_set, shuffle=False)
+        return test if self.val_set is None else [test, self._loader(self.val_set, shuffle=False)]
 
     def example_batch(self) -> torch.Tensor:
         """Two (test-transformed) inputs, for building modules whose shapes depend on the network's."""

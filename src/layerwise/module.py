@@ -33,6 +33,10 @@ def _as_list(items) -> list:
     return items if isinstance(items, list) else [items]
 
 
+# Evaluation dataloaders in the order the data module returns them: the test set, then the validation split.
+EVAL_SPLITS = ("test", "val")
+
+
 def _accuracy(num_classes: int) -> MulticlassAccuracy:
     return MulticlassAccuracy(num_classes=num_classes, average="micro")
 
@@ -60,6 +64,10 @@ class LayerwiseModule(L.LightningModule):
         self.train_acc, self.test_acc = _accuracy(num_classes), _accuracy(num_classes)
         self.block_train_acc = nn.ModuleDict({str(i): _accuracy(num_classes) for i in range(n)})
         self.block_test_acc = nn.ModuleDict({str(i): _accuracy(num_classes) for i in self.reported_blocks})
+        # The validation split's own metric objects (used only when data.val_fraction > 0; their states are
+        # not saved in checkpoints, so checkpoints are the same with and without the split).
+        self.val_acc = _accuracy(num_classes)
+        self.block_val_acc = nn.ModuleDict({str(i): _accuracy(num_classes) for i in self.reported_blocks})
         self.meter = ActivationMeter()
         self._samples = 0
         self._t_first = self._t_last = 0.0
@@ -139,16 +147,21 @@ class LayerwiseModule(L.LightningModule):
             sched.step()
 
     # ----------------------------------------------------------------- evaluation
-    def validation_step(self, batch, batch_idx):
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        """Dataloader 0 is the test set (every epoch, as in the thesis); dataloader 1, when the data module has
+        a validation split (data.val_fraction > 0), is that split: `val/loss`, `val/acc`, `block{i}/val_acc`."""
         x, y = batch
+        split = EVAL_SPLITS[dataloader_idx]
+        acc, block_acc = (self.test_acc, self.block_test_acc) if split == "test" else (self.val_acc, self.block_val_acc)
+        log = dict(on_epoch=True, add_dataloader_idx=False)  # no "/dataloader_idx_N" suffix on the names
         logits, exits = self.rule.evaluate(self.net, x)
-        self.log("test/loss", F.cross_entropy(logits, y), on_epoch=True, batch_size=len(y))
-        self.test_acc.update(logits, y)
-        self.log("test/acc", self.test_acc, on_epoch=True)
+        self.log(f"{split}/loss", F.cross_entropy(logits, y), batch_size=len(y), **log)
+        acc.update(logits, y)
+        self.log(f"{split}/acc", acc, **log)
         for i in self.reported_blocks:
-            metric = self.block_test_acc[str(i)]
+            metric = block_acc[str(i)]
             metric.update(exits.get(i, logits), y)
-            self.log(f"block{i}/test_acc", metric, on_epoch=True)
+            self.log(f"block{i}/{split}_acc", metric, **log)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.rule.evaluate(self.net, x)[0]

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+
+import yaml
 
 from hydra.experimental.callback import Callback
 from rich.console import Console
@@ -11,6 +14,10 @@ from rich.table import Table
 
 def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.2f}"
+
+
+def _num(v, digits: int) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
 
 
 def load_summaries(paths) -> list[dict]:
@@ -33,8 +40,7 @@ def runs_table(rows: list[dict], title: str = "layerwise runs") -> Table:
         ips = r.get("imgs_per_sec")
         table.add_row(str(r.get("method")), str(r.get("model")), str(r.get("data")), str(r.get("seed")),
                       str(r.get("status")), _pct(r.get("test_acc")), _pct(r.get("best_test_acc")), blocks,
-                      "-" if ips is None else f"{ips:.0f}", f"{r.get('peak_activation_mb', 0):.1f}",
-                      f"{r.get('wall_s', 0):.1f}")
+                      _num(ips, 0), _num(r.get("peak_activation_mb"), 1), _num(r.get("wall_s"), 1))
     return table
 
 
@@ -56,3 +62,35 @@ class RunReportCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = load_summaries(sweep_dir.glob("*/summary.json"))
         print_runs(rows, f"sweep {sweep_dir}")
+        failed = failed_jobs(sweep_dir)
+        if failed:
+            jobs = len(list(sweep_dir.glob("*/.hydra")))
+            lines = [f"{len(failed)} of {jobs} jobs failed (logs: <job dir>/run.log):", *failed]
+            print("\n  ".join(lines), file=sys.stderr)
+            raise SystemExit(1)  # after the report: the finished jobs' results are all on disk
+
+
+def _overrides(job: Path) -> list[str]:
+    try:
+        return list(yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or [])
+    except (OSError, yaml.YAMLError):
+        return []
+
+
+def failed_jobs(sweep_dir: Path) -> list[str]:
+    """One line per job of the sweep that did not complete: its dir, its own overrides, and the error."""
+    jobs = sorted((p.parent for p in sweep_dir.glob("*/.hydra")), key=lambda p: (len(str(p)), str(p)))
+    overrides = {job: _overrides(job) for job in jobs}
+    shared = set.intersection(*(set(o) for o in overrides.values())) if jobs else set()
+    lines = []
+    for job in jobs:
+        try:
+            summary = json.loads((job / "summary.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            summary = {"status": "no summary.json (killed?)"}
+        if summary.get("status") == "completed":
+            continue
+        own = " ".join(o for o in overrides[job] if o not in shared)
+        error = f": {summary['error']}" if summary.get("error") else ""
+        lines.append(f"{job} [{own}] {summary.get('status')}{error}")
+    return lines

@@ -22,16 +22,22 @@ def _value(metrics: dict, key: str):
     return float(v) if isinstance(v, (torch.Tensor, float, int)) else None
 
 
-class SummaryCallback(L.Callback):
-    """Tracks best test accuracy per epoch and writes `summary.json` with the run's status.
+def _has_val_split(trainer) -> bool:
+    return getattr(getattr(trainer, "datamodule", None), "val_set", None) is not None
 
-    `extras`: callbacks with a `summary() -> dict` (the diagnostics), merged in at the end.
+
+class SummaryCallback(L.Callback):
+    """Tracks best test (and validation) accuracy per epoch and writes `summary.json` with the run's status.
+
+    With a validation split (data.val_fraction > 0) the summary also has `val_acc`, `best_val_acc`, `val_loss`
+    and `block_val_acc`. `extras`: callbacks with a `summary() -> dict` (the diagnostics), merged in at the end.
     """
 
     def __init__(self, path: Path, identity: dict, extras=()):
         self.path, self.identity, self.extras = path, identity, list(extras)
         self.t0 = time.perf_counter()
         self.best_test_acc: float | None = None
+        self.best_val_acc: float | None = None
         self.imgs_per_sec: list[float] = []
         self.peak_activation_mb = 0.0
         self.data: dict = {}
@@ -42,6 +48,9 @@ class SummaryCallback(L.Callback):
         acc = _value(trainer.callback_metrics, "test/acc")
         if acc is not None:
             self.best_test_acc = acc if self.best_test_acc is None else max(self.best_test_acc, acc)
+        acc = _value(trainer.callback_metrics, "val/acc")
+        if acc is not None:
+            self.best_val_acc = acc if self.best_val_acc is None else max(self.best_val_acc, acc)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.imgs_per_sec.append(pl_module.imgs_per_sec)
@@ -58,6 +67,9 @@ class SummaryCallback(L.Callback):
             "best_test_acc": self.best_test_acc,
             "test_loss": _value(m, "test/loss"),
             "block_test_acc": [_value(m, f"block{i}/test_acc") for i in blocks],
+            **({"val_acc": _value(m, "val/acc"), "best_val_acc": self.best_val_acc, "val_loss": _value(m, "val/loss"),
+                "block_val_acc": [_value(m, f"block{i}/val_acc") for i in blocks]}
+               if _has_val_split(trainer) or "val/acc" in m else {}),
             # The first epoch includes warm-up (allocator, lazy init); report the rest where there is a rest.
             "imgs_per_sec": (sum(self.imgs_per_sec[1:]) / len(self.imgs_per_sec[1:]) if len(self.imgs_per_sec) > 1
                              else (self.imgs_per_sec[0] if self.imgs_per_sec else None)),
@@ -85,8 +97,8 @@ class EpochLine(L.Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         m = trainer.callback_metrics
         parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
-        for key, label in (("train/loss", "loss"), ("train/acc", "acc"), ("test/loss", "test loss"),
-                           ("test/acc", "test acc")):
+        for key, label in (("train/loss", "loss"), ("train/acc", "acc"), ("val/loss", "val loss"),
+                           ("val/acc", "val acc"), ("test/loss", "test loss"), ("test/acc", "test acc")):
             value = _value(m, key)
             if value is not None:
                 parts.append(f"{label} {value:.4f}")

@@ -1,6 +1,8 @@
 """One experiment from a composed config: data, network, rule, Lightning trainer, outputs."""
 from __future__ import annotations
 
+import json
+import math
 import sys
 from pathlib import Path
 
@@ -22,7 +24,8 @@ from layerwise.methods import build_rule
 from layerwise.models import build_network
 from layerwise.module import LayerwiseModule
 from layerwise.runlog import add_run_log, setup_console
-from layerwise.summary import EpochLine, SummaryCallback
+from layerwise.search import check_optimized_metric, objective
+from layerwise.summary import EpochLine, SummaryCallback, write_json_atomic
 from layerwise.wandb_setup import build_wandb_logger
 
 
@@ -36,13 +39,30 @@ def _is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def _wandb_group_and_tags(cfg: DictConfig) -> tuple[str | None, list[str]]:
+    """All jobs of a sweep share one wandb group (named after the sweep dir) unless logger.group is set; the
+    experiment preset's name is a tag. The dashboard then groups a sweep's runs by method.name, model.name, seed."""
+    tags = [str(t) for t in cfg.logger.tags or []]
+    group = cfg.logger.group or None
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        experiment = hydra_cfg.runtime.choices.get("experiment")
+        if experiment and experiment not in tags:
+            tags.append(str(experiment))
+        if group is None and _is_multirun():
+            sweep = Path(hydra_cfg.sweep.dir)
+            group = f"{experiment or 'sweep'}_{sweep.parent.name}_{sweep.name}"
+    return group, tags
+
+
 def _loggers(cfg: DictConfig, run_dir: Path) -> list:
     loggers = []
     if cfg.logger.csv:
         loggers.append(CSVLogger(save_dir=str(run_dir), name="", version=""))
     if cfg.logger.wandb:
         config = OmegaConf.to_container(cfg, resolve=True)
-        wandb_logger = build_wandb_logger(cfg, run_dir, str(cfg.name), config)
+        group, tags = _wandb_group_and_tags(cfg)
+        wandb_logger = build_wandb_logger(cfg, run_dir, str(cfg.name), config, group=group, tags=tags)
         if wandb_logger is not None:
             loggers.append(wandb_logger)
     return loggers
@@ -84,7 +104,9 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict:
     identity = {"name": str(cfg.name), "method": str(cfg.method.name), "model": str(cfg.model.name),
                 "data": str(cfg.data.name), "seed": int(cfg.seed)}
     summary = SummaryCallback(run_dir / "summary.json", identity, extras=diagnostics)
-    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="test/acc", mode="max",
+    # With a validation split, "best" is chosen on it, not on the test set.
+    monitor = "val/acc" if getattr(datamodule, "val_set", None) is not None else "test/acc"
+    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode="max",
                                   save_top_k=1, save_last=True, auto_insert_metric_name=False)
     t = cfg.trainer
     progress = _progress_callbacks(cfg)
@@ -107,7 +129,7 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 def run(cfg: DictConfig) -> float | None:
-    """Hydra task: train one configuration; returns the final test accuracy (for sweepers)."""
+    """Hydra task: train one configuration; returns its `optimized_metric` (test/acc by default) to sweepers."""
     setup_console()
     run_dir = _run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -115,15 +137,37 @@ def run(cfg: DictConfig) -> float | None:
     try:
         check_config(cfg)
         check_device(cfg.trainer)
-        return fit(cfg, run_dir).get("test_acc")
+        check_optimized_metric(cfg)
+        return objective(cfg, fit(cfg, run_dir))
     except LayerwiseError as err:
         logger.error(f"{err}")
-        if _is_multirun():
+        if not _is_multirun():
+            sys.exit(2)
+        _mark_failed(cfg, run_dir, str(err))
+        return math.nan
+    except Exception as err:
+        if not _is_multirun():
             raise
-        sys.exit(2)
+        # One job's crash must not cost a sweep the other jobs' results: the job is marked failed (traceback in
+        # its run.log), and the sweep report lists it and exits non-zero. NaN tells Optuna the trial failed.
+        logger.opt(exception=err).error(f"job failed: {type(err).__name__}: {err}")
+        _mark_failed(cfg, run_dir, f"{type(err).__name__}: {err}")
+        return math.nan
     finally:
         _finish_wandb()
         logger.remove(sink)
+
+
+def _mark_failed(cfg: DictConfig, run_dir: Path, error: str) -> None:
+    """summary.json says failed and why (it may already exist if training started)."""
+    path = run_dir / "summary.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        data = {"name": str(cfg.get("name")), "method": str(OmegaConf.select(cfg, "method.name")),
+                "model": str(OmegaConf.select(cfg, "model.name")), "data": str(OmegaConf.select(cfg, "data.name")),
+                "seed": cfg.get("seed")}
+    write_json_atomic(path, {**data, "status": "failed", "error": error.splitlines()[0] if error else ""})
 
 
 def _finish_wandb() -> None:

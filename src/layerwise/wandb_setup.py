@@ -32,7 +32,8 @@ def resolve_mode(requested: str) -> str:
     return requested
 
 
-def build_wandb_logger(cfg, run_dir: Path, name: str, config: dict):
+def build_wandb_logger(cfg, run_dir: Path, name: str, config: dict, group: str | None = None,
+                       tags: list[str] | None = None):
     from lightning.pytorch.loggers import WandbLogger
 
     mode = resolve_mode(cfg.logger.mode)
@@ -42,7 +43,8 @@ def build_wandb_logger(cfg, run_dir: Path, name: str, config: dict):
     os.environ.setdefault("WANDB_CONSOLE", "off")
     wandb_logger = WandbLogger(
         project=cfg.logger.project, entity=cfg.logger.entity or None, name=name, save_dir=str(run_dir),
-        group=cfg.logger.group or None, tags=list(cfg.logger.tags or []), job_type=cfg.logger.job_type,
+        group=group if group is not None else (cfg.logger.group or None),
+        tags=tags if tags is not None else list(cfg.logger.tags or []), job_type=cfg.logger.job_type,
         mode=mode, config=config, log_model=False,
     )
     if mode == "offline":
