@@ -13,7 +13,8 @@ from typing import Callable
 
 # The thesis spelled models like "VGG16" or "BasicCNN"; keys are lower-case without separators.
 MODEL_NAMES = {"basiccnn": "basic_cnn", "basic": "basic_cnn", "mlp": "mlp", "vgg11": "vgg11", "vgg11c": "vgg11c",
-               "vgg13": "vgg13", "vgg16": "vgg16", "vgg19": "vgg19", "vgg8b": "vgg8b"}
+               "vgg13": "vgg13", "vgg16": "vgg16", "vgg19": "vgg19", "vgg8b": "vgg8b",
+               "lenet": "lenet", "lenet5": "lenet"}
 
 
 class LegacyFlagError(ValueError):

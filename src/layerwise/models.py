@@ -87,10 +87,11 @@ def is_activation(module: nn.Module) -> bool:
     return isinstance(module, tuple(ACTIVATIONS.values()))
 
 
-def _conv_layer(c_in: int, c_out: int, kernel: int, pool: bool, cfg) -> nn.Sequential:
+def _conv_layer(c_in: int, c_out: int, kernel: int, pool: bool, cfg, padding: int | None = None) -> nn.Sequential:
+    """Conv-[BN]-act-[MaxPool2]; `padding` None = same (kernel // 2)."""
     layers: list[nn.Module] = [
-        nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, padding_mode=cfg.padding_mode,
-                  bias=not cfg.batch_norm)
+        nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2 if padding is None else padding,
+                  padding_mode=cfg.padding_mode, bias=not cfg.batch_norm)
     ]
     if cfg.batch_norm:
         layers.append(nn.BatchNorm2d(c_out))
@@ -202,9 +203,34 @@ def regroup(net: Network, blocks) -> None:
     net.blocks = nn.ModuleList(group_layers(flat_layers(net), blocks))
 
 
+def lenet_layers(cfg, spec: InputSpec) -> tuple[list[nn.Module], int, int]:
+    """LeNet-5's two conv layers (6@5x5 -> pool -> 16@5x5 -> pool), valid convolutions.
+
+    `cfg.first_padding` pads the first conv: "auto" = 2 for inputs under 32 px and 0 otherwise, so MNIST's
+    28 px (28 -> 28 -> 14 -> 10 -> 5) and CIFAR's 32 px (32 -> 28 -> 14 -> 10 -> 5) both end at 5x5; or an int.
+    Returns the layers, the output channels and the output side.
+    """
+    kernel = int(cfg.kernel_size)
+    pad = cfg.get("first_padding", "auto")
+    if pad == "auto":
+        pad = 2 if spec.size < 32 else 0
+    c1, c2 = (_scaled(int(c), cfg.width_mult) for c in cfg.channels)
+    layers = [_conv_layer(spec.channels, c1, kernel, True, cfg, padding=int(pad)),
+              _conv_layer(c1, c2, kernel, True, cfg, padding=0)]
+    side = ((spec.size + 2 * int(pad) - kernel + 1) // 2 - kernel + 1) // 2
+    if side < 1:
+        raise ConfigError(f"model {cfg.name} needs inputs of at least {3 * kernel + 1 - 2 * int(pad)} px "
+                          f"(got {spec.size}); set data.image_size")
+    return layers, c2, side
+
+
 def build_network(cfg, spec: InputSpec) -> Network:
     """Build the network named by `cfg.arch` for inputs described by `spec`."""
     arch = cfg.arch
+    if arch == "lenet":
+        layers, channels, side = lenet_layers(cfg, spec)
+        head = mlp(channels * side * side, cfg.head_hidden, spec.num_classes, cfg.dropout, cfg.activation)
+        return Network(group_layers(layers, cfg.blocks), head)
     if arch == "mlp":
         layers, dim = [], spec.channels * spec.size * spec.size
         for i, width in enumerate(cfg.widths):
@@ -227,7 +253,8 @@ def build_network(cfg, spec: InputSpec) -> Network:
     elif arch in VGG_PLANS:
         plan = VGG_PLANS[arch]
     else:
-        raise ConfigError(f"model.arch={arch!r} is not known; choose mlp, basic_cnn or one of {sorted(VGG_PLANS)}")
+        raise ConfigError(
+            f"model.arch={arch!r} is not known; choose mlp, basic_cnn, lenet or one of {sorted(VGG_PLANS)}")
     layers, channels, pools = conv_layers(plan, spec.channels, cfg)
     side = spec.size // (2 ** pools)
     if side < 1:
