@@ -12,49 +12,59 @@ def _sweep_dir(out_root):
     return sweep
 
 
+def _compare_rows(sweep):
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare.py"), str(sweep), "--no-plots"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    rows = [line for line in res.stdout.splitlines() if line.startswith("| ") and "synthetic" in line]
+    return [[cell.strip() for cell in row.split("|")] for row in rows]
+
+
+def _assert_grid_complete(out_root):
+    runs = run_dirs(out_root)
+    assert sorted(r.name for r in runs) == ["0", "1", "2", "3"]
+    summaries = [read_summary(r) for r in runs]
+    assert all(s["status"] == "completed" for s in summaries)
+    assert sorted((s["method"], s["seed"]) for s in summaries) == [("bp", 0), ("bp", 1), ("dgl", 0), ("dgl", 1)]
+    rows = _compare_rows(_sweep_dir(out_root))  # one table: bp and dgl, two seeds each
+    assert [(r[2], r[6]) for r in rows] == [("bp", "2"), ("dgl", "2")]
+    return runs
+
+
 def test_joblib_grid_gives_one_complete_run_dir_per_job_in_one_wandb_group(tmp_path):
     res = run_cli(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *SMALL, "logger=default",
                    "method=bp,dgl", "seed=0,1"], tmp_path, env={"WANDB_MODE": "offline"})
     assert res.returncode == 0, res.stderr[-3000:]
-    runs = run_dirs(tmp_path)
-    assert len(runs) == 4 and sorted(r.name for r in runs) == ["0", "1", "2", "3"]
-    summaries = [read_summary(r) for r in runs]
-    assert all(s["status"] == "completed" for s in summaries)
-    assert sorted((s["method"], s["seed"]) for s in summaries) == [("bp", 0), ("bp", 1), ("dgl", 0), ("dgl", 1)]
+    runs = _assert_grid_complete(tmp_path)
     sweep = _sweep_dir(tmp_path)
     group = f"sweep_{sweep.parent.name}_{sweep.name}".encode()
     for run in runs:  # each job is its own wandb run, all in the sweep's group
         (run_file,) = run.glob("wandb/offline-run-*/run-*.wandb")
         assert group in run_file.read_bytes()
-    compare = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare.py"), str(sweep), "--no-plots"],
-                             capture_output=True, text=True, timeout=120)
-    assert compare.returncode == 0, compare.stderr
-    rows = [line for line in compare.stdout.splitlines() if line.startswith("| ") and "synthetic" in line]
-    seeds = [[cell.strip() for cell in row.split("|")][6] for row in rows]
-    assert len(rows) == 2 and seeds == ["2", "2"], compare.stdout  # bp and dgl, two seeds each
 
 
-def test_a_failing_job_is_reported_and_the_others_keep_their_results(tmp_path):
-    """submitit_local stands in for a cluster: each job in its own process, as on Slurm."""
-    res = run_cli(["-m", "hydra/launcher=submitit_local", *SMALL, "logger=csv", "method=bp,dgl",
-                   "optimizer.lr=0.1,-1"], tmp_path)
+def test_submitit_local_grid_runs_each_job_in_its_own_process(tmp_path):
+    """submitit_local stands in for a cluster: the same launcher code path as Slurm."""
+    res = run_cli(["-m", "hydra/launcher=submitit_local", *SMALL, "logger=csv", "method=bp,dgl", "seed=0,1"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    _assert_grid_complete(tmp_path)
+    assert list(_sweep_dir(tmp_path).glob(".submitit/*"))
+
+
+def test_failing_jobs_are_reported_and_the_others_keep_their_results(tmp_path):
+    """One job with a bad value (config error), one that crashes inside Lightning (a bug-like exception)."""
+    res = run_cli(["-m", *SMALL, "logger=csv", "trainer.precision=32,bogus", "optimizer.lr=0.1,-1"], tmp_path)
     assert res.returncode == 1, res.stderr[-3000:]
-    assert "2 of 4 jobs failed" in res.stderr
-    assert "[method=bp optimizer.lr=-1] failed: optimizer.lr=-1 is out of range" in res.stderr
-    summaries = {(s["method"], s["status"]) for s in map(read_summary, run_dirs(tmp_path))}
-    assert summaries == {("bp", "completed"), ("dgl", "completed"), ("bp", "failed"), ("dgl", "failed")}
-    assert "Traceback" not in res.stderr  # a config error is one line per job, not a stack trace
-    for run in run_dirs(tmp_path):
-        if read_summary(run)["status"] == "completed":
-            assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "metrics.csv").is_file()
-
-
-def test_a_crashing_job_keeps_its_traceback_in_its_run_log(tmp_path):
-    res = run_cli(["-m", *SMALL, "logger=csv", "trainer.precision=32,bogus"], tmp_path)
-    assert res.returncode == 1
-    failed = [r for r in run_dirs(tmp_path) if read_summary(r)["status"] == "failed"]
-    assert len(failed) == 1 and read_summary(failed[0])["error"].startswith("ValueError: Precision 'bogus'")
-    assert "Traceback" in (failed[0] / "run.log").read_text()
+    assert "3 of 4 jobs failed" in res.stderr
+    assert "[trainer.precision=32 optimizer.lr=-1] failed: optimizer.lr=-1 is out of range" in res.stderr
+    assert "[trainer.precision=bogus optimizer.lr=0.1] failed: ValueError: Precision 'bogus' is invalid" in res.stderr
+    runs = {(read_summary(r)["status"], r.name) for r in run_dirs(tmp_path)}
+    assert runs == {("completed", "0"), ("failed", "1"), ("failed", "2"), ("failed", "3")}
+    done = run_dirs(tmp_path)[0]
+    assert (done / "checkpoints" / "last.ckpt").is_file() and (done / "metrics.csv").is_file()
+    crashed = read_summary(run_dirs(tmp_path)[2])
+    assert crashed["error"].startswith("ValueError: Precision 'bogus'")
+    assert "Traceback" in (run_dirs(tmp_path)[2] / "run.log").read_text()
 
 
 def test_slurm_launcher_preset_composes_with_cluster_keys():
