@@ -95,10 +95,28 @@ def test_legacy_dgl_on_cpu_runs_end_to_end(tmp_path):
     (["method=ssl", "model=mlp", *TINY], "method=ssl needs conv blocks"),
     (["--ssl", "--is_direct_global"], "--is_direct_global does not apply to method=ssl"),
     (["method=infopro", "method.num_modules=2", "model.blocks=2"], "method.num_modules"),
+    (["model.activation=sign"], "model.activation=sign has zero derivative, so method=bp cannot train through it; "
+                                "use model.activation=relu, or method=dfa method.injection=pre"),
+    (["model.activation=swish", *TINY], "model.activation='swish' is not known"),
+    (["method=fa", "method.feedback.init=gaussian"], "method.feedback.init='gaussian' is not known"),
+    (["method=sign_symmetry", "method.variant=xsf"], "choose one of usf, brsf, frsf"),
+    (["method=dfa", "method.injection=middle"], "method.injection='middle' is not known"),
+    (["method=forward_forward", *TINY], "forward_forward trains MLPs; use model=mlp"),
+    (["optimized_metric=acc"], "optimized_metric='acc' is not known; choose one of"),
+    (["optimized_metric=val/acc"], "set data.val_fraction=0.1"),
+    (["data.val_fraction=1.5"], "data.val_fraction"),
+    (["diagnostics=alignment", "diagnostics.alignment.every_n_steps=0"], "every_n_steps=0 must be >= 1"),
+    (["hparams_search=optuna_aux", "method=bp"], "use hparams_search=optuna"),
+    (["data.batch_size=0"], "data.batch_size=0 is out of range"),
+    (["model=basic_cnn", "model.blocks=[1,1]", *TINY], "must be positive group sizes summing to the 3 layers"),
+    (["--model", "resnet50"], "--model resnet50: unknown model"),
 ], ids=["group-option", "typo-group", "unknown-key", "bad-type", "range", "legacy-flag", "cuda", "dataset-offline",
-        "npz-missing", "ssl-direct-global", "ssl-mlp", "legacy-ssl-direct-global", "infopro-double-split"])
+        "npz-missing", "ssl-direct-global", "ssl-mlp", "legacy-ssl-direct-global", "infopro-double-split",
+        "zero-derivative-activation", "unknown-activation", "fa-init", "sign-variant", "dfa-injection", "ff-conv",
+        "search-metric", "val-metric-without-split", "val-fraction", "diagnostics-every", "optuna-aux-bp",
+        "batch-size", "blocks-sum", "legacy-model"])
 def test_bad_input_exits_non_zero_with_one_clear_line(args, message, tmp_path):
-    res = run_cli([*args, "logger=none"] if args[0] not in ("--epoch",) else args, tmp_path, timeout=120)
+    res = run_cli([*args, "logger=none"] if args[0] not in ("--epoch", "--model") else args, tmp_path, timeout=120)
     assert res.returncode != 0
     assert message in res.stderr
     assert "Traceback" not in res.stderr
