@@ -7,6 +7,7 @@ block's graph is freed by its own backward before the next block runs.
 Manual optimization facts handled here: with K optimizers Lightning's `global_step` advances K per
 batch, so nothing here is step-based (epochs drive schedulers and checkpoints); `self.optimizers()`
 returns a bare optimizer when there is one; clipping is ours via `self.clip_gradients`.
+Non-finite losses and gradients are caught before a group steps (`layerwise.guard`, `trainer.nonfinite`).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from layerwise.batch import run_batch
+from layerwise.guard import NonFiniteGuard, stage_name
 from layerwise.memory import ActivationMeter
 from layerwise.methods.base import LearningRule, Signal, evaluating
 from layerwise.models import Network
@@ -43,13 +45,16 @@ def _accuracy(num_classes: int) -> MulticlassAccuracy:
 
 class LayerwiseModule(L.LightningModule):
     def __init__(self, net: Network, rule: LearningRule, optim_cfg, num_classes: int, example: torch.Tensor,
-                 max_epochs: int = 1, grad_clip: float | None = None, memory_batches: int = 2):
+                 max_epochs: int = 1, grad_clip: float | None = None, memory_batches: int = 2,
+                 nonfinite: str = "stop"):
         super().__init__()
         self.automatic_optimization = False
         self.net, self.rule = net, rule
         self.optim_cfg, self.max_epochs, self.grad_clip = optim_cfg, max_epochs, grad_clip
         self.memory_batches = memory_batches
+        self.guard = NonFiniteGuard(nonfinite)
         self.groups = rule.train_groups(net)
+        self._group_params = [list(group.parameters()) for group in self.groups]
         self._groups_after: dict[int, list[int]] = defaultdict(list)
         for k, group in enumerate(self.groups):
             self._groups_after[group.step_after].append(k)
@@ -87,8 +92,15 @@ class LayerwiseModule(L.LightningModule):
         return _as_list(self.optimizers())
 
     def _step_groups(self, after: int, optimizers: list) -> None:
-        for k in self._groups_after.get(after, ()):
+        ks = self._groups_after.get(after, ())
+        skip: set[int] = set()
+        if ks or after == len(self.net.blocks):  # the head's stage flushes losses no group stepped after
+            skip = self.guard.check([(self.groups[k].name, self._group_params[k]) for k in ks])
+        for pos, k in enumerate(ks):
             opt = optimizers[k]
+            if pos in skip:  # trainer.nonfinite=skip: drop this batch's gradients for the group
+                opt.zero_grad(set_to_none=True)
+                continue
             if self.grad_clip:
                 self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
             opt.step()
@@ -96,12 +108,16 @@ class LayerwiseModule(L.LightningModule):
 
     # ----------------------------------------------------------------- training
     def _backward_signal(self, signal: Signal | None, out: torch.Tensor | None, y: torch.Tensor, prefix: str,
-                         acc=None) -> None:
+                         acc=None, stage: int | None = None) -> None:
         if signal is None:
             return
         objective = signal.surrogate(out)
         if objective is not None:
             self.manual_backward(objective)
+        where = stage_name(stage, len(self.net.blocks), prefix)
+        self.guard.watch_loss(where, signal.loss)  # checked, without a sync, at the next step point
+        if objective is not None and objective is not signal.loss:
+            self.guard.watch_loss(where, objective)
         log = dict(on_step=False, on_epoch=True, batch_size=len(y))
         if signal.loss is not None:
             self.log(f"{prefix}loss", signal.loss.detach(), **log)
@@ -115,16 +131,22 @@ class LayerwiseModule(L.LightningModule):
         x, y = batch
         optimizers = self._optimizer_list()
         n = len(self.net.blocks)
+        self.guard.begin_batch(batch_idx)
 
         def backward(signal: Signal | None, out, prefix: str, stage: int | None) -> None:
             acc = None if stage is None else (self.train_acc if stage == n else self.block_train_acc[str(stage)])
-            self._backward_signal(signal, out, y, prefix, acc)
+            self._backward_signal(signal, out, y, prefix, acc, stage)
 
         with self.meter.track(x.device, enabled=batch_idx < self.memory_batches):
             run_batch(self.net, self.rule, x, y, backward, lambda i: self._step_groups(i, optimizers))
         self._samples += len(y)
 
+    def on_train_start(self) -> None:
+        # With a gradient scaler (16-mixed) an inf gradient is routine: the scaler skips that step itself.
+        self.guard.check_grads = getattr(self.trainer.precision_plugin, "scaler", None) is None
+
     def on_train_epoch_start(self) -> None:
+        self.guard.begin_epoch(self.current_epoch)
         self._samples = 0
         self._t_first = self._t_last = time.perf_counter()
         self.meter.reset()
@@ -142,7 +164,9 @@ class LayerwiseModule(L.LightningModule):
             "train/imgs_per_sec": self.imgs_per_sec,
             "train/peak_activation_mb": self.meter.peak_mb,
             "train/lr": self._optimizer_list()[0].param_groups[0]["lr"],
+            "train/skipped_batches": float(self.guard.skipped_epoch),
         })
+        self.guard.end_epoch()
         for sched in _as_list(self.lr_schedulers()):
             sched.step()
 

@@ -10,6 +10,8 @@ import lightning as L
 import torch
 from loguru import logger
 
+from layerwise.guard import DivergedError
+
 
 def write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
@@ -56,7 +58,7 @@ class SummaryCallback(L.Callback):
         self.imgs_per_sec.append(pl_module.imgs_per_sec)
         self.peak_activation_mb = max(self.peak_activation_mb, pl_module.meter.peak_mb)
 
-    def write(self, trainer, pl_module, status: str) -> dict:
+    def write(self, trainer, pl_module, status: str, extra: dict | None = None) -> dict:
         m = trainer.callback_metrics
         blocks = getattr(pl_module, "reported_blocks", [])
         self.data = {
@@ -76,6 +78,10 @@ class SummaryCallback(L.Callback):
             "peak_activation_mb": round(self.peak_activation_mb, 3),
             "wall_s": round(time.perf_counter() - self.t0, 2),
         }
+        guard = getattr(pl_module, "guard", None)
+        if guard is not None:  # batches skipped for a non-finite loss/gradient (trainer.nonfinite=skip)
+            self.data["skipped_batches"] = int(guard.skipped_total)
+        self.data.update(extra or {})
         for extra in self.extras:
             self.data.update(extra.summary())
         write_json_atomic(self.path, self.data)
@@ -85,6 +91,9 @@ class SummaryCallback(L.Callback):
         self.write(trainer, pl_module, "interrupted" if trainer.interrupted else "completed")
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, DivergedError):  # a non-finite loss/gradient with trainer.nonfinite=stop
+            self.write(trainer, pl_module, "diverged", {"error": str(exception), "diverged_at": exception.where})
+            return
         self.write(trainer, pl_module, "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed")
 
 
