@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from conftest import DIGITS, TINY, compose_cfg, fit_cfg, read_summary
+from layerwise.checkpoint import load_checkpoint
 from layerwise.diagnostics import GradientAlignment, feedback_geometry, gradient_alignment, linear_probe
 from layerwise.feedback import FeedbackLayer, FixedFeedback, convert_layers
 from layerwise.methods import build_rule
@@ -125,7 +126,7 @@ def dropout_runs(tmp_path_factory):
 
 
 def test_alignment_does_not_change_training(dropout_runs):
-    plain, aligned = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    plain, aligned = (load_checkpoint(d / "checkpoints" / "last.ckpt")["state_dict"]
                       for d in dropout_runs)
     assert plain.keys() == aligned.keys()
     for k in plain:

@@ -26,7 +26,7 @@ from layerwise.module import LayerwiseModule
 from layerwise.runlog import add_run_log, setup_console
 from layerwise.search import check_optimized_metric, objective
 from layerwise.summary import EpochLine, SummaryCallback, write_json_atomic
-from layerwise.wandb_setup import build_wandb_logger
+from layerwise.wandb_setup import build_wandb_logger, finish_wandb
 
 
 def _run_dir(cfg: DictConfig) -> Path:
@@ -91,7 +91,8 @@ def build_experiment(cfg: DictConfig):
     rule.setup(net, example, info.num_classes)
     module = LayerwiseModule(net, rule, cfg.optimizer, info.num_classes, example,
                              max_epochs=int(cfg.trainer.max_epochs), grad_clip=cfg.trainer.grad_clip,
-                             memory_batches=int(cfg.trainer.memory_batches))
+                             memory_batches=int(cfg.trainer.memory_batches),
+                             nonfinite=str(cfg.trainer.get("nonfinite", "stop")))
     return datamodule, module
 
 
@@ -167,13 +168,10 @@ def _mark_failed(cfg: DictConfig, run_dir: Path, error: str) -> None:
         data = {"name": str(cfg.get("name")), "method": str(OmegaConf.select(cfg, "method.name")),
                 "model": str(OmegaConf.select(cfg, "model.name")), "data": str(OmegaConf.select(cfg, "data.name")),
                 "seed": cfg.get("seed")}
-    write_json_atomic(path, {**data, "status": "failed", "error": error.splitlines()[0] if error else ""})
+    status = "diverged" if data.get("status") == "diverged" else "failed"  # keep the guard's status
+    write_json_atomic(path, {**data, "status": status, "error": error.splitlines()[0] if error else ""})
 
 
 def _finish_wandb() -> None:
-    # Each (multirun) job must close its own wandb run, or the next job logs into it.
-    if "wandb" in sys.modules:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish()
+    # Each (multirun) job must close its own wandb run, or the next job logs into it; a wandb error only warns.
+    finish_wandb()
