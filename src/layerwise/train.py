@@ -23,7 +23,7 @@ from layerwise.images import RuleImages
 from layerwise.methods import build_rule
 from layerwise.models import build_network
 from layerwise.module import LayerwiseModule
-from layerwise.runlog import add_run_log, setup_console
+from layerwise.runlog import add_run_log, redact, setup_console
 from layerwise.search import check_optimized_metric, objective
 from layerwise.summary import EpochLine, SummaryCallback, write_json_atomic
 from layerwise.wandb_setup import build_wandb_logger, finish_wandb
@@ -169,7 +169,7 @@ def _mark_failed(cfg: DictConfig, run_dir: Path, error: str) -> None:
                 "model": str(OmegaConf.select(cfg, "model.name")), "data": str(OmegaConf.select(cfg, "data.name")),
                 "seed": cfg.get("seed")}
     status = "diverged" if data.get("status") == "diverged" else "failed"  # keep the guard's status
-    write_json_atomic(path, {**data, "status": status, "error": error.splitlines()[0] if error else ""})
+    write_json_atomic(path, {**data, "status": status, "error": redact(error.splitlines()[0]) if error else ""})
 
 
 def _finish_wandb() -> None:
