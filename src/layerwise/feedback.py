@@ -24,33 +24,25 @@ from layerwise.errors import ConfigError
 INITS = ("default", "kaiming_uniform", "kaiming_normal", "xavier_uniform", "xavier_normal", "orthogonal")
 
 
+# The schemes of torch.nn.init; `default` is what nn.Linear / nn.Conv2d use for their own weight.
+_INIT_FNS = {
+    "default": lambda b, g: nn.init.kaiming_uniform_(b, a=math.sqrt(5), generator=g),
+    "kaiming_uniform": lambda b, g: nn.init.kaiming_uniform_(b, nonlinearity="relu", generator=g),
+    "kaiming_normal": lambda b, g: nn.init.kaiming_normal_(b, nonlinearity="relu", generator=g),
+    "xavier_uniform": lambda b, g: nn.init.xavier_uniform_(b, generator=g),
+    "xavier_normal": lambda b, g: nn.init.xavier_normal_(b, generator=g),
+    "orthogonal": lambda b, g: nn.init.orthogonal_(b.view(b.shape[0], -1), generator=g),
+}
+
+
 def random_feedback(shape, init: str = "default", scale: float = 1.0, generator: torch.Generator | None = None,
                     device=None) -> torch.Tensor:
     """A fixed random matrix shaped like a weight (out, in, *kernel); fan-in is `in * prod(kernel)`.
 
     `default` is PyTorch's own Linear/Conv2d init, U(±1/sqrt(fan_in)), so B starts with W's scale.
     """
-    check_init(init)
     b = torch.empty(shape, device=device)
-    fan_in = math.prod(shape[1:])
-    if init == "default":
-        bound = 1.0 / math.sqrt(fan_in)
-        b.uniform_(-bound, bound, generator=generator)
-    elif init == "kaiming_uniform":
-        bound = math.sqrt(6.0 / fan_in)
-        b.uniform_(-bound, bound, generator=generator)
-    elif init == "kaiming_normal":
-        b.normal_(0.0, math.sqrt(2.0 / fan_in), generator=generator)
-    elif init in ("xavier_uniform", "xavier_normal"):
-        fan_out = shape[0] * math.prod(shape[2:])
-        std = math.sqrt(2.0 / (fan_in + fan_out))
-        if init == "xavier_uniform":
-            b.uniform_(-math.sqrt(3.0) * std, math.sqrt(3.0) * std, generator=generator)
-        else:
-            b.normal_(0.0, std, generator=generator)
-    else:
-        flat = b.view(shape[0], -1)
-        nn.init.orthogonal_(flat, generator=generator)
+    _INIT_FNS[check_init(init)](b, generator)
     return b * scale
 
 
