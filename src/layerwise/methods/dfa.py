@@ -34,7 +34,7 @@ from torch import nn
 
 from layerwise.errors import ConfigError
 from layerwise.feedback import check_init, random_feedback
-from layerwise.methods.base import LearningRule, Signal, TrainGroup, evaluating
+from layerwise.methods.base import LearningRule, Signal, TrainGroup, output_shapes
 from layerwise.models import Network, Sign, Step, is_activation, split_head
 
 INJECTIONS = ("post", "pre")
@@ -101,9 +101,8 @@ class DirectFeedbackAlignment(LearningRule):
             logger.warning("dfa: method.injection=post backpropagates B·e through zero-derivative activations "
                            "(sign/step), so the blocks cannot learn; use method.injection=pre")
         taps = [pre_activation_tap(block) for block in net.blocks] if self.injection == "pre" else []
-        with evaluating(net):
-            outs = net.block_outputs(example[:2])
-        shapes = [t.shape for t in taps] if taps else [o.shape[1:] for o in outs]
+        out_shapes = output_shapes(net, example)  # this pass also gives the taps their pre-activation shapes
+        shapes = [t.shape for t in taps] if taps else out_shapes
         for i, shape in enumerate(shapes):
             self.register_buffer(f"feedback{i}", random_feedback((num_classes, *shape), self.init, float(self.scale)))
 
