@@ -16,6 +16,7 @@ import sys
 from loguru import logger
 
 from layerwise.errors import ConfigError
+from layerwise.hydra_job import is_multirun
 
 DEFAULT_METRIC = "test/acc"
 
@@ -58,16 +59,6 @@ def _sweeper_direction():
     return direction.lower() if isinstance(direction, str) else None
 
 
-def _in_sweep() -> bool:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    except Exception:
-        return False
-
-
 def check_optimized_metric(cfg, direction=None) -> str:
     """Before training: the metric is known, its split exists, and the sweeper optimizes it the right way.
 
@@ -97,7 +88,7 @@ def objective(cfg, summary: dict) -> float:
     name = check_optimized_metric(cfg)
     value = summary.get(METRICS[name])
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        logger.log("WARNING" if _in_sweep() else "DEBUG",
+        logger.log("WARNING" if is_multirun() else "DEBUG",
                    f"optimized_metric={name}: the run (status {summary.get('status')}) has no value; "
                    f"returning NaN (a sweeper counts the trial as failed)")
         return float("nan")

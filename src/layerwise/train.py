@@ -9,7 +9,6 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from loguru import logger
@@ -19,6 +18,7 @@ from layerwise.checks import check_config, check_device
 from layerwise.data import ImageDataModule
 from layerwise.diagnostics import build_diagnostics
 from layerwise.errors import LayerwiseError
+from layerwise.hydra_job import is_multirun
 from layerwise.images import RuleImages
 from layerwise.methods import build_rule
 from layerwise.models import build_network
@@ -35,10 +35,6 @@ def _run_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_root) / str(cfg.name)
 
 
-def _is_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
 def _wandb_group_and_tags(cfg: DictConfig) -> tuple[str | None, list[str]]:
     """All jobs of a sweep share one wandb group (named after the sweep dir) unless logger.group is set; the
     experiment preset's name is a tag. The dashboard then groups a sweep's runs by method.name, model.name, seed."""
@@ -49,7 +45,7 @@ def _wandb_group_and_tags(cfg: DictConfig) -> tuple[str | None, list[str]]:
         experiment = hydra_cfg.runtime.choices.get("experiment")
         if experiment and experiment not in tags:
             tags.append(str(experiment))
-        if group is None and _is_multirun():
+        if group is None and is_multirun():
             sweep = Path(hydra_cfg.sweep.dir)
             group = f"{experiment or 'sweep'}_{sweep.parent.name}_{sweep.name}"
     return group, tags
@@ -142,12 +138,12 @@ def run(cfg: DictConfig) -> float | None:
         return objective(cfg, fit(cfg, run_dir))
     except LayerwiseError as err:
         logger.error(f"{err}")
-        if not _is_multirun():
+        if not is_multirun():
             sys.exit(2)
         _mark_failed(cfg, run_dir, str(err))
         return math.nan
     except Exception as err:
-        if not _is_multirun():
+        if not is_multirun():
             raise
         # One job's crash must not cost a sweep the other jobs' results: the job is marked failed (traceback in
         # its run.log), and the sweep report lists it and exits non-zero. NaN tells Optuna the trial failed.
@@ -155,7 +151,7 @@ def run(cfg: DictConfig) -> float | None:
         _mark_failed(cfg, run_dir, f"{type(err).__name__}: {err}")
         return math.nan
     finally:
-        _finish_wandb()
+        finish_wandb()  # each (multirun) job closes its own wandb run, or the next job logs into it
         logger.remove(sink)
 
 
@@ -171,7 +167,3 @@ def _mark_failed(cfg: DictConfig, run_dir: Path, error: str) -> None:
     status = "diverged" if data.get("status") == "diverged" else "failed"  # keep the guard's status
     write_json_atomic(path, {**data, "status": status, "error": redact(error.splitlines()[0]) if error else ""})
 
-
-def _finish_wandb() -> None:
-    # Each (multirun) job must close its own wandb run, or the next job logs into it; a wandb error only warns.
-    finish_wandb()
