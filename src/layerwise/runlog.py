@@ -38,17 +38,19 @@ _MIN_SECRET_LEN = 8  # shorter values (flags, "1", "true") are not secrets and w
 _netrc_secrets: list[str] | None = None
 
 
+def wandb_netrc_entry() -> tuple | None:
+    """(login, account, password) that `wandb login` stored for api.wandb.ai in ~/.netrc (or $NETRC), or None."""
+    try:
+        return netrc.netrc(os.environ.get("NETRC", str(Path.home() / ".netrc"))).authenticators("api.wandb.ai")
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return None
+
+
 def _netrc_passwords() -> list[str]:
     global _netrc_secrets
     if _netrc_secrets is None:
-        _netrc_secrets = []
-        try:
-            rc = netrc.netrc(os.environ.get("NETRC", str(Path.home() / ".netrc")))
-            auth = rc.authenticators("api.wandb.ai")
-            if auth and auth[2]:
-                _netrc_secrets.append(auth[2])
-        except (FileNotFoundError, netrc.NetrcParseError, OSError):
-            pass
+        auth = wandb_netrc_entry()
+        _netrc_secrets = [auth[2]] if auth and auth[2] else []
     return _netrc_secrets
 
 

@@ -6,24 +6,19 @@ a warning too, after which wandb is left alone for the rest of the run.
 """
 from __future__ import annotations
 
-import netrc
 import os
 from pathlib import Path
 
 from lightning.pytorch.loggers import WandbLogger
 from loguru import logger
 
+from layerwise.runlog import wandb_netrc_entry
+
 DEFAULT_INIT_TIMEOUT = 30.0  # seconds wandb.init may take (wandb's own default is 90)
 
 
 def has_api_key() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        rc = netrc.netrc(os.environ.get("NETRC", str(Path.home() / ".netrc")))
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        return False
-    return any(rc.authenticators(host) for host in ("api.wandb.ai",))
+    return bool(os.environ.get("WANDB_API_KEY")) or bool(wandb_netrc_entry())
 
 
 def resolve_mode(requested: str) -> str:
@@ -123,13 +118,13 @@ def build_wandb_logger(cfg, run_dir: Path, name: str, config: dict, group: str |
         wandb_logger = _start(mode, timeout, **kwargs)
     except Exception as err:  # noqa: BLE001 - no network, bad key, wandb service error: the run goes on
         reason = _reason(err)
-        _finish_quietly()
+        finish_wandb(quiet=True)
         wandb_logger = None
         if mode == "online":  # keep the run's wandb record locally, to upload once wandb is reachable
             try:
                 wandb_logger = _start("offline", timeout, **kwargs)
             except Exception:  # noqa: BLE001
-                _finish_quietly()
+                finish_wandb(quiet=True)
                 wandb_logger = None
         if wandb_logger is not None:
             logger.warning(f"wandb unavailable ({reason}); continuing with {local} and an offline wandb run "
@@ -142,18 +137,9 @@ def build_wandb_logger(cfg, run_dir: Path, name: str, config: dict, group: str |
     return wandb_logger
 
 
-def _finish_quietly() -> None:
-    try:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish()
-    except Exception:  # noqa: BLE001
-        pass
-
-
-def finish_wandb() -> None:
-    """Close this job's wandb run (each multirun job needs its own); a wandb error here is a warning only."""
+def finish_wandb(quiet: bool = False) -> None:
+    """Close this job's wandb run (each multirun job needs its own); a wandb error here is a warning only
+    (`quiet`: not even that, for a start-up that has already failed and said so)."""
     import sys
 
     if "wandb" not in sys.modules:
@@ -164,4 +150,5 @@ def finish_wandb() -> None:
         if wandb.run is not None:
             wandb.finish()
     except Exception as err:  # noqa: BLE001 - the run is over; its local outputs are already written
-        logger.warning(f"wandb could not finish the run ({_reason(err)}); local outputs are complete")
+        if not quiet:
+            logger.warning(f"wandb could not finish the run ({_reason(err)}); local outputs are complete")
