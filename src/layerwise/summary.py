@@ -24,6 +24,10 @@ def _value(metrics: dict, key: str):
     return float(v) if isinstance(v, (torch.Tensor, float, int)) else None
 
 
+def _best(best: float | None, acc: float | None) -> float | None:
+    return best if acc is None else (acc if best is None else max(best, acc))
+
+
 def _has_val_split(trainer) -> bool:
     return getattr(getattr(trainer, "datamodule", None), "val_set", None) is not None
 
@@ -47,12 +51,8 @@ class SummaryCallback(L.Callback):
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
-        acc = _value(trainer.callback_metrics, "test/acc")
-        if acc is not None:
-            self.best_test_acc = acc if self.best_test_acc is None else max(self.best_test_acc, acc)
-        acc = _value(trainer.callback_metrics, "val/acc")
-        if acc is not None:
-            self.best_val_acc = acc if self.best_val_acc is None else max(self.best_val_acc, acc)
+        self.best_test_acc = _best(self.best_test_acc, _value(trainer.callback_metrics, "test/acc"))
+        self.best_val_acc = _best(self.best_val_acc, _value(trainer.callback_metrics, "val/acc"))
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.imgs_per_sec.append(pl_module.imgs_per_sec)
