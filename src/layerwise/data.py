@@ -5,6 +5,9 @@ Every dataset loader returns a train set, a test set and its `DataInfo`; transfo
 Offline sets: `digits` (scikit-learn's bundled 8x8 digits) and `synthetic` (procedural, seeded).
 
 `data.val_fraction > 0` holds out part of the training set as a validation set (see `ImageDataModule`).
+`data.loader=device` keeps the whole dataset on the training device and augments whole batches there
+(device_loader.py); both loader kinds draw the training order and augmentations from (run seed, epoch, sample)
+alone, and `resume_at` restarts an epoch after its first batches (sampling.py).
 """
 from __future__ import annotations
 
@@ -20,11 +23,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from loguru import logger
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision.transforms import v2
 
+from layerwise.device_loader import LOADER_KINDS, DeviceImages, DeviceLoader, check_device_loader
 from layerwise.errors import ConfigError, DataError
 from layerwise.models import InputSpec
+from layerwise.sampling import WORKER_SEEDS, EpochSampler, SeededSamples, mix_seed
 
 
 @dataclass
@@ -116,9 +121,33 @@ def load_synthetic_sets(cfg):
     return _tensor_sets(x_train, y_train, x_test, y_test, num_classes=num_classes)
 
 
+def unreadable_part(path: Path) -> Path | None:
+    """The first existing one of `path` and its parents, if this user may not read it (else None).
+
+    Without this a folder without read permission looks like a missing dataset ("not found, download it").
+    """
+    for part in (path, *path.parents):
+        try:
+            if not part.exists():
+                continue
+            is_dir = part.is_dir()
+        except PermissionError:  # a parent is not searchable: that parent is reported on the next step
+            continue
+        return None if os.access(part, os.R_OK | (os.X_OK if is_dir else 0)) else part
+    return None
+
+
+def check_readable(path: Path) -> None:
+    part = unreadable_part(path)
+    if part is not None:
+        raise DataError(f"cannot read {part} (permission denied); fix its permissions (chmod -R u+rwX {part}) "
+                        f"or point data.root / data.path at a readable copy")
+
+
 def load_npz_sets(cfg):
     """User arrays: x_train, y_train, x_test, y_test; images NHWC/NCHW/NHW, uint8 or float in [0, 1]."""
     path = Path(str(cfg.path)).expanduser()
+    check_readable(path)
     if not path.is_file():
         raise DataError(f"data.path={path} does not exist; point data.path at an .npz with "
                         "x_train, y_train, x_test, y_test arrays")
@@ -143,6 +172,11 @@ def load_npz_sets(cfg):
             t = t.permute(0, 3, 1, 2)
         return _resize(t, int(cfg.image_size or t.shape[-1]), t.shape[1])
 
+    for name, (x, y) in (("train", parts[:2]), ("test", parts[2:])):
+        if len(x) != len(y) or y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
+            raise DataError(f"{path}: y_{name} must be one integer class label >= 0 per image of x_{name} (got "
+                            f"{len(y)} labels of dtype {y.dtype}, min {y.min() if len(y) else '-'}, for {len(x)} "
+                            f"images); fix the arrays and save them again with np.savez")
     x_train, x_test = to_images(parts[0]), to_images(parts[2])
     return _tensor_sets(x_train, torch.from_numpy(parts[1]).long(), x_test, torch.from_numpy(parts[3]).long())
 
@@ -162,21 +196,29 @@ def load_torchvision_sets(cfg):
     cls_name, mean, std, size, channels, classes, folder = TORCHVISION_SETS[cfg.name]
     cls = getattr(tvd, cls_name)
     root = Path(str(cfg.root)).expanduser()
+    check_readable(root / folder)
+    corrupt = (f"{cls_name} files under {root / folder} are truncated or corrupt (torchvision's checksum or "
+               f"parser rejects them); delete that folder and download again, or copy intact files there")
 
     def open_split(train: bool):
         try:
             return cls(str(root), train=train, download=False)
         except RuntimeError:
-            pass  # not there (or incomplete): try to download below
+            pass  # not there, incomplete or failing the checksum: try to download below
         except Exception as err:
-            raise DataError(f"{cls_name} files under {root / folder} are unreadable ({err}); "
-                            f"delete that folder and download again") from err
+            raise DataError(f"{cls_name} files under {root / folder} are unreadable ({type(err).__name__}: "
+                            f"{err}); delete that folder and download again") from err
+        present = (root / folder).is_dir() and any((root / folder).iterdir())
         if not cfg.download:
+            if present:
+                raise DataError(corrupt)
             raise DataError(f"{cls_name} is not in {root / folder} and data.download=false; put the files there "
                             f"or set data.root=... (env DATA_DIR)")
         try:
             return cls(str(root), train=train, download=True)
         except Exception as err:
+            if present:
+                raise DataError(f"{corrupt} (re-downloading failed: {type(err).__name__})") from err
             raise DataError(
                 f"{cls_name} is not in {root / folder} and could not be downloaded ({type(err).__name__}: "
                 f"{str(err).splitlines()[0] if str(err) else 'no network?'}). Put the torchvision files there "
@@ -192,6 +234,7 @@ def load_image_folder_sets(cfg):
     from torchvision.datasets import ImageFolder
 
     root = Path(str(cfg.root)).expanduser()
+    check_readable(root)
     test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
     if not (root / "train").is_dir() or test_dir is None:
         raise DataError(f"data=image_folder needs {root}/train/<class>/* and {root}/test/<class>/* (or val/); "
@@ -330,28 +373,45 @@ class ImageDataModule(L.LightningDataModule):
     test set's augmentation-free transform. `val_dataloader()` then returns [test, val] (dataloader 0 stays
     the test set, evaluated every epoch as before; dataloader 1 is the validation split); without a split it
     returns the test loader alone.
+
+    Training order and augmentation depend only on (`seed`, epoch, sample): `seed` is the run seed (the
+    caller passes it; default data.seed), see sampling.py. `device` is where `data.loader=device` keeps the
+    samples (the training device); the standard loader ignores it.
     """
 
-    def __init__(self, cfg, pin_memory: bool = False):
+    def __init__(self, cfg, pin_memory: bool = False, device: str | torch.device = "cpu", seed: int | None = None):
         super().__init__()
         if cfg.name not in LOADERS:
             raise ConfigError(f"data={cfg.name!r} is not known; available: {', '.join(sorted(LOADERS))}")
         self.val_fraction = check_val_fraction(cfg)  # before any data is loaded
-        self.cfg, self.pin_memory = cfg, pin_memory
+        self.loader_kind = str(cfg.get("loader") or "standard")
+        if self.loader_kind not in LOADER_KINDS:
+            raise ConfigError(f"data.loader={self.loader_kind!r} is not known; choose standard (DataLoader with "
+                              f"per-sample transforms) or device (whole dataset on the training device)")
+        if self.loader_kind == "device":
+            check_device_loader(cfg)
+        self.cfg, self.pin_memory, self.device = cfg, pin_memory, torch.device(device)
+        self.seed = int(cfg.seed) if seed is None else int(seed)
         self.info: DataInfo | None = None
         self.train_set = self.test_set = self.val_set = None
+        self._train_sampler: EpochSampler | None = None
+        self._resume: tuple[int, int] | None = None  # (epoch, batches done) for the next train loader
+        self._on_device: dict[str, DeviceImages] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         train, test, info = LOADERS[self.cfg.name](self.cfg)
+        # The transforms compare data.image_size with the native size (info.size) to decide on a Resize, so
+        # info.size becomes the model's input size only after they are built.
+        eval_transform = build_transform(self.cfg, info, train=False)
+        train_transform = build_transform(self.cfg, info, train=True)
         if self.cfg.image_size:
             info.size = int(self.cfg.image_size)
         self.info = info
-        eval_transform = build_transform(self.cfg, info, train=False)
         # A shallow copy shares the samples; it is taken before the training transform is set in place.
         val_base = _with_transform(copy.copy(train), eval_transform) if self.val_fraction > 0 else None
-        train = _with_transform(train, build_transform(self.cfg, info, train=True))
+        train = _with_transform(train, train_transform)
         test = _with_transform(test, eval_transform)
         self.train_set = _subset(train, self.cfg.subset_train, int(self.cfg.seed))
         self.test_set = _subset(test, self.cfg.subset_test, int(self.cfg.seed) + 1)
@@ -376,19 +436,61 @@ class ImageDataModule(L.LightningDataModule):
         # In-memory tensor sets are faster without worker processes.
         return 0 if not self.info.from_pil else min(8, os.cpu_count() or 1)
 
-    def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
+    def _loader(self, name: str, ds: Dataset, train: bool) -> DataLoader | DeviceLoader:
+        rank, world_size = self._process_share()
+        sampler = EpochSampler(len(ds), self.seed, int(self.cfg.batch_size), shuffle=train)
+        sampler.shard(rank, world_size)
+        if self.loader_kind == "device":
+            if name not in self._on_device:  # converted once, reused by every later loader
+                self._on_device[name] = DeviceImages(ds, self.device)
+            return DeviceLoader(self._on_device[name], sampler, train=train)
         workers = self._workers()
-        return DataLoader(ds, batch_size=int(self.cfg.batch_size), shuffle=shuffle, num_workers=workers,
-                          pin_memory=self.pin_memory, persistent_workers=workers > 0,
-                          drop_last=False)
+        # Its own generator: creating an iterator draws a worker base seed, which would otherwise advance the
+        # global RNG (and so change dropout and every later draw of the run) at each epoch and evaluation.
+        generator = torch.Generator().manual_seed(mix_seed(self.seed, WORKER_SEEDS))
+        # Evaluation under DDP: each process its share, like Lightning's own DistributedSampler injection.
+        eval_sampler = DistributedSampler(ds, world_size, rank, shuffle=False) if world_size > 1 else None
+        return DataLoader(SeededSamples(ds, self.seed) if train else ds, batch_size=int(self.cfg.batch_size),
+                          sampler=sampler if train else eval_sampler, shuffle=False, num_workers=workers,
+                          pin_memory=self.pin_memory, persistent_workers=workers > 0, drop_last=False,
+                          generator=generator)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+    def _process_share(self) -> tuple[int, int]:
+        """(rank, world size) under DDP, else (0, 1); the Trainer leaves sharding to this module
+        (use_distributed_sampler=False)."""
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+    def train_dataloader(self) -> DataLoader | DeviceLoader:
+        trainer = self.trainer
+        if self.loader_kind == "device" and trainer is not None and trainer.world_size > 1:
+            raise ConfigError("data.loader=device keeps the data on one device and does not shard it; use "
+                              "data.loader=standard with trainer.devices > 1")
+        loader = self._loader("train", self.train_set, train=True)
+        self._train_sampler = loader.sampler
+        if self._resume is not None:
+            self._train_sampler.skip_batches(*self._resume)
+            self._resume = None
+        return loader
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """The next pass over training epoch `epoch` starts after its first `batches_done` batches.
+
+        Those batches are skipped by index (nothing is loaded or augmented); the rest are the same tensors an
+        uninterrupted run gets, and later epochs are whole. Works before or after `train_dataloader()`. Call it
+        for every resume, also with batches_done=0: Lightning creates the first iterator before it calls
+        `set_epoch`, and this sets the epoch first. The loader's `len()` stays the full epoch, as Lightning's
+        restored batch counter (starting at batches_done) expects.
+        """
+        if self._train_sampler is not None:
+            self._train_sampler.skip_batches(epoch, batches_done)
+        else:
+            self._resume = (int(epoch), int(batches_done))
+
+    def val_dataloader(self) -> DataLoader | DeviceLoader | list:
         """The test set (every epoch, as in the thesis), then the validation split when there is one."""
-        test = self._loader(self.test_set, shuffle=False)
-        return test if self.val_set is None else [test, self._loader(self.val_set, shuffle=False)]
+        test = self._loader("test", self.test_set, train=False)
+        return test if self.val_set is None else [test, self._loader("val", self.val_set, train=False)]
 
     def example_batch(self) -> torch.Tensor:
         """Two (test-transformed) inputs, for building modules whose shapes depend on the network's."""
