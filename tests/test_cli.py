@@ -110,11 +110,22 @@ def test_legacy_dgl_on_cpu_runs_end_to_end(tmp_path):
     (["data.batch_size=0"], "data.batch_size=0 is out of range"),
     (["model=basic_cnn", "model.blocks=[1,1]", *TINY], "must be positive group sizes summing to the 3 layers"),
     (["--model", "resnet50"], "--model resnet50: unknown model"),
+    (["optimizer.lr=abc"], "optimizer.lr must be a number, got 'abc', e.g. optimizer.lr=0.05"),
+    (["model.dropout=1.5"], "model.dropout=1.5 is out of range; it must be in [0, 1)"),
+    (["trainer.limit_train_batches=0"], "trainer.limit_train_batches=0 must be a fraction in (0, 1]"),
+    (["method=dgl", "method.aux.hidden_dim=0"], "method.aux.hidden_dim=0 is out of range; it must be >= 1"),
+    (["method=infopro", "method.num_modules=2", "method.split=[2,1]"], "method.num_modules and method.split both set"),
+    (["method=dgl", "+method.aux_typ=cnn"],
+     "method.aux_typ is not an option of method=dgl; did you mean method.aux.type?"),
+    (["+optimizer._target_=os.system"], "optimizer._target_='os.system' is not allowed"),
+    (["+hydra.callbacks.log._target_=hydra.experimental.callbacks.LogJobReturnCallback"],
+     "hydra.callbacks.log._target_='hydra.experimental.callbacks.LogJobReturnCallback' is not allowed"),
 ], ids=["group-option", "typo-group", "unknown-key", "bad-type", "range", "legacy-flag", "cuda", "dataset-offline",
         "npz-missing", "ssl-direct-global", "ssl-mlp", "legacy-ssl-direct-global", "infopro-double-split",
         "zero-derivative-activation", "unknown-activation", "fa-init", "sign-variant", "dfa-injection", "ff-conv",
         "search-metric", "val-metric-without-split", "val-fraction", "diagnostics-every", "optuna-aux-bp",
-        "batch-size", "blocks-sum", "legacy-model"])
+        "batch-size", "blocks-sum", "legacy-model", "schema-type", "schema-range-model", "schema-range-trainer",
+        "schema-range-rule", "schema-rule-pair", "schema-unknown-key", "schema-target", "schema-hydra-callback-target"])
 def test_bad_input_exits_non_zero_with_one_clear_line(args, message, tmp_path):
     res = run_cli([*args, "logger=none"] if args[0] not in ("--epoch", "--model") else args, tmp_path, timeout=120)
     assert res.returncode != 0

@@ -1,41 +1,18 @@
-"""Checks run before any data is loaded, so a typo costs seconds, not a queued GPU job."""
+"""Checks run before any data is loaded, so a typo costs seconds, not a queued GPU job.
+
+`check_config`: the typed schema (layerwise.schema: types, unknown keys, ranges, choices, cross-field rules of
+every group and rule, the `_target_` allowlist), then the checks that need the rule object or the machine.
+"""
 from __future__ import annotations
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from layerwise.errors import ConfigError
-
-
-def _number(cfg: DictConfig, key: str, kind=float, low=None, high=None, allow_none=False):
-    value = OmegaConf.select(cfg, key)
-    if value is None and allow_none:
-        return
-    ok_types = (int,) if kind is int else (int, float)
-    if isinstance(value, bool) or not isinstance(value, ok_types):
-        want = "an integer" if kind is int else "a number"
-        raise ConfigError(f"{key} must be {want}, got {value!r}; e.g. {key}={low if low is not None else 1}")
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ConfigError(f"{key}={value} is out of range; it must be {bounds}")
+from layerwise.schema import validate
 
 
 def check_config(cfg: DictConfig) -> None:
-    _number(cfg, "seed", int, 0)
-    _number(cfg, "data.batch_size", int, 1)
-    _number(cfg, "data.subset_train", int, 1, allow_none=True)
-    _number(cfg, "data.subset_test", int, 1, allow_none=True)
-    _number(cfg, "data.image_size", int, 1, allow_none=True)
-    _number(cfg, "trainer.max_epochs", int, 1)
-    _number(cfg, "optimizer.lr", float, 1e-12)
-    _number(cfg, "optimizer.weight_decay", float, 0)
-    _number(cfg, "model.dropout", float, 0, 0.999)
-    _number(cfg, "model.width_mult", float, 1e-3)
-    splits = [k for k in ("num_modules", "split") if cfg.method.get(k) is not None]
-    if splits and cfg.model.get("blocks") is not None:
-        raise ConfigError(f"method.{splits[0]} and model.blocks both split the network into modules; "
-                          f"set one of them (model.blocks=null)")
-    if cfg.model.padding_mode not in ("zeros", "circular", "reflect", "replicate"):
-        raise ConfigError(f"model.padding_mode={cfg.model.padding_mode!r} is not known; use zeros or circular")
+    validate(cfg)
     check_activation(cfg)
 
 

@@ -1,0 +1,91 @@
+"""Range and choice checks for the schema's `__post_init__`s, each failing with one ConfigError line.
+
+Every message names the key path, the bad value, what is allowed and a fix (`e.g. key=value`). A dataclass
+knows its own place in the config through the class attribute `PATH` (e.g. "method.aux"), since OmegaConf
+builds it without telling it where it sits.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from layerwise.errors import ConfigError
+
+
+def key(obj: Any, name: str) -> str:
+    prefix = getattr(obj, "PATH", "")
+    return f"{prefix}.{name}" if prefix else name
+
+
+def shown(value: Any) -> str:
+    """A value as the user likely typed it: OmegaConf turns lr=-1 into -1.0 in a float field."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _bounds(low, high, low_open: bool, high_open: bool) -> str:
+    if high is None:
+        return f"{'>' if low_open else '>='} {low}"
+    if low is None:
+        return f"{'<' if high_open else '<='} {high}"
+    return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+
+
+def in_range(obj: Any, name: str, low=None, high=None, *, low_open: bool = False, high_open: bool = False,
+             example=None, what: str = "") -> None:
+    """`obj.name` within the bounds (None passes: Optional fields are typed, and null means 'off')."""
+    value = getattr(obj, name)
+    if value is None:
+        return
+    path = key(obj, name)
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        hint = f" ({what})" if what else ""
+        fix = f", e.g. {path}={example}" if example is not None else ""
+        raise ConfigError(f"{path}={shown(value)} is out of range; it must be {_bounds(low, high, low_open, high_open)}"
+                          f"{hint}{fix}")
+
+
+def items_in_range(obj: Any, name: str, low=None, high=None, *, length: int | None = None, min_length: int = 0,
+                   example: str = "") -> None:
+    """Every item of the list `obj.name` within the bounds, and the list of the given length."""
+    values = getattr(obj, name)
+    if values is None:
+        return
+    path = key(obj, name)
+    fix = f", e.g. {path}={example}" if example else ""
+    if length is not None and len(values) != length:
+        raise ConfigError(f"{path}={list(values)} must have {length} items{fix}")
+    if len(values) < min_length:
+        raise ConfigError(f"{path}={list(values)} must have at least {min_length} items{fix}")
+    bad = [v for v in values if (low is not None and v < low) or (high is not None and v > high)]
+    if bad:
+        raise ConfigError(f"{path}={list(values)} is out of range; every item must be "
+                          f"{_bounds(low, high, False, False)}{fix}")
+
+
+def one_of(obj: Any, name: str, choices: Iterable) -> None:
+    value = getattr(obj, name)
+    choices = list(choices)
+    if value not in choices or (isinstance(value, bool) and not any(c is value for c in choices)):
+        named = dict.fromkeys(str(c).lower() if isinstance(c, bool) else str(c) for c in choices)  # 32 and '32'
+        raise ConfigError(f"{key(obj, name)}={value!r} is not known; choose one of {', '.join(named)}")
+
+
+def number_or(obj: Any, name: str, words: Iterable[str], low=None, example=None) -> None:
+    """A field that is a word (e.g. auto) or an integer >= low."""
+    value = getattr(obj, name)
+    words = list(words)
+    if value in words and not isinstance(value, bool):
+        return
+    path = key(obj, name)
+    if not isinstance(value, int) or isinstance(value, bool) or (low is not None and value < low):
+        bound = f" >= {low}" if low is not None else ""
+        raise ConfigError(f"{path}={value!r} must be {' or '.join(words)} or an integer{bound}, "
+                          f"e.g. {path}={example if example is not None else words[0]}")
