@@ -83,6 +83,10 @@ class LearningRule(nn.Module):
     #: signal skips f' (DFA, pre-activation injection); "warn": allowed though the blocks cannot learn (DFA,
     #: post-activation: the ablation that shows why the injection point matters).
     zero_derivative_activations = "refuse"
+    #: The factor every gradient a backward leaves in `.grad` carries this batch: the loss scale under
+    #: trainer.precision=16-mixed, else 1. A rule that reads `.grad` as a value (DNI's synthesizer target)
+    #: divides by it.
+    grad_scale = 1.0
 
     def __init__(self, cfg=None):
         super().__init__()

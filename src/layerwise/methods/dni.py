@@ -111,7 +111,7 @@ class SyntheticGradients(LearningRule):
         ready = {}
         for j in [j for j in self._pending if j + 1 in self._inputs and self._inputs[j + 1].grad is not None]:
             predicted = self._pending.pop(j)
-            target = self._inputs[j + 1].grad * len(predicted)
+            target = self._inputs[j + 1].grad * (len(predicted) / self.grad_scale)
             loss = F.mse_loss(predicted, target)
             ready[f"block{j}/synth_"] = Signal(loss=loss)
         if i == self.n_blocks:
