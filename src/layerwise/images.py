@@ -30,7 +30,7 @@ class RuleImages(L.Callback):
         return done >= trainer.max_epochs or bool(self.every and done % self.every == 0)
 
     def on_validation_epoch_end(self, trainer, pl_module):
-        if trainer.sanity_checking or self._batch is None or not self._due(trainer):
+        if trainer.sanity_checking or self._batch is None or not self._due(trainer) or not trainer.is_global_zero:
             return
         with evaluating(pl_module.net):
             grids = pl_module.rule.images(pl_module.net, self._batch)

@@ -11,6 +11,8 @@ from hydra.experimental.callback import Callback
 from rich.console import Console
 from rich.table import Table
 
+from layerwise.hydra_job import process_rank
+
 
 def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.2f}"
@@ -56,6 +58,8 @@ class RunReportCallback(Callback):
     """Prints the runs table when a single run or a whole sweep has finished."""
 
     def on_run_end(self, config, **kwargs) -> None:
+        if process_rank() != 0:  # a DDP worker process Lightning started with the same command
+            return
         print_runs(load_summaries([Path(config.hydra.runtime.output_dir) / "summary.json"]), "run summary")
 
     def on_multirun_end(self, config, **kwargs) -> None:
