@@ -10,6 +10,8 @@ import hydra
 from omegaconf import DictConfig
 
 from layerwise.cli import translate_argv
+from layerwise import preflight
+from layerwise.errors import ConfigError
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -20,5 +22,11 @@ def hydra_main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
-    sys.argv = [sys.argv[0], *translate_argv(sys.argv[1:])]
+    args = translate_argv(sys.argv[1:])
+    try:
+        args += preflight.prepare(args)  # resume= continues in the run's own dir
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    sys.argv = [sys.argv[0], *args]
     hydra_main()

@@ -79,10 +79,10 @@ def train_batches(module, x, y, batch_size):
     trainer.fit(module, train_dataloaders=loader)
 
 
-def run_cli(args: list[str], out_root: Path, env: dict | None = None, timeout: int = 300):
+def run_cli(args: list[str], out_root: Path, env: dict | None = None, timeout: int = 300, **popen):
     full_env = {**os.environ, "LAYERWISE_OUTPUT_ROOT": str(out_root), **(env or {})}
     return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=out_root, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, **popen)
 
 
 def run_dirs(out_root: Path) -> list[Path]:

@@ -52,18 +52,20 @@ def test_submitit_local_grid_runs_each_job_in_its_own_process(tmp_path):
 
 
 def test_failing_jobs_are_reported_and_the_others_keep_their_results(tmp_path):
-    """One job with a bad value (config error), one that crashes inside Lightning (a bug-like exception)."""
-    res = run_cli(["-m", *SMALL, "logger=csv", "trainer.precision=32,bogus", "optimizer.lr=0.1,-1"], tmp_path)
+    """One job with a bad value (config error), one that crashes inside Lightning (an exception that is not a
+    layerwise error: a precision plugin whose package is missing)."""
+    res = run_cli(["-m", *SMALL, "logger=csv", "trainer.precision=32,transformer-engine", "optimizer.lr=0.1,-1"], tmp_path)
     assert res.returncode == 1, res.stderr[-3000:]
     assert "3 of 4 jobs failed" in res.stderr
     assert "[trainer.precision=32 optimizer.lr=-1] failed: optimizer.lr=-1 is out of range" in res.stderr
-    assert "[trainer.precision=bogus optimizer.lr=0.1] failed: ValueError: Precision 'bogus' is invalid" in res.stderr
+    assert ("[trainer.precision=transformer-engine optimizer.lr=0.1] failed: ModuleNotFoundError: Requirement "
+            "'transformer_engine" in res.stderr)
     runs = {(read_summary(r)["status"], r.name) for r in run_dirs(tmp_path)}
     assert runs == {("completed", "0"), ("failed", "1"), ("failed", "2"), ("failed", "3")}
     done = run_dirs(tmp_path)[0]
     assert (done / "checkpoints" / "last.ckpt").is_file() and (done / "metrics.csv").is_file()
     crashed = read_summary(run_dirs(tmp_path)[2])
-    assert crashed["error"].startswith("ValueError: Precision 'bogus'")
+    assert crashed["error"].startswith("ModuleNotFoundError: Requirement 'transformer_engine")
     assert "Traceback" in (run_dirs(tmp_path)[2] / "run.log").read_text()
 
 

@@ -8,12 +8,15 @@ For `Trainer.fit(ckpt_path=...)` pass `weights_only=True` as well.
 """
 from __future__ import annotations
 
+import io
+import os
 import pickle
 import re
 import zipfile
 from pathlib import Path
 
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 
 from layerwise.errors import LayerwiseError
 
@@ -51,3 +54,33 @@ def load_checkpoint(path: str | Path, map_location=None) -> dict:
 def _short(err: BaseException) -> str:
     text = " ".join(str(err).split())
     return f"{type(err).__name__}: {text[:160] + '...' if len(text) > 160 else text}"
+
+
+class CheckpointWriteError(LayerwiseError):
+    """A checkpoint that could not be written (disk full, no permission, quota)."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file in the same directory and renames it over the old one, so a
+    crash or a full disk never leaves a half-written checkpoint: the previous one stays intact. A failed write
+    becomes one CheckpointWriteError line instead of a traceback."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            buffer = io.BytesIO()  # serialised first: torch's zip writer reports a failed write as a bare RuntimeError
+            torch.save(checkpoint, buffer)
+            with open(tmp, "wb") as f:
+                f.write(buffer.getbuffer())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            reason = err.strerror or type(err).__name__
+            raise CheckpointWriteError(
+                f"could not write checkpoint {path}: {reason}; earlier checkpoints are intact. Free disk space "
+                "(or check permissions/quota) or set paths.output_root to another disk, then continue with "
+                f"resume={path.parent.parent if path.parent.name == 'checkpoints' else path}") from err

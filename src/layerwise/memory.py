@@ -37,8 +37,9 @@ class ActivationMeter:
         self.peak_bytes = 0
 
     def _pack(self, t: torch.Tensor):
-        if t.is_leaf and t.requires_grad:  # parameters are not activations
-            return t
+        base = t._base if t._base is not None else t
+        if base.is_leaf and base.requires_grad:  # parameters, and views of them (F.linear saves weight.t()), are
+            return t                             # not activations
         storage = t.untyped_storage()
         key = storage.data_ptr()
         entry = self._storages.get(key)

@@ -20,12 +20,16 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from layerwise.acceleration import (BatchGradScaler, compile_in_place, compile_mode, has_grads, install_batch_scaler,
+                                    to_channels_last)
 from layerwise.batch import run_batch
+from layerwise.distributed import sync_step_point
 from layerwise.guard import NonFiniteGuard, stage_name
 from layerwise.memory import ActivationMeter
 from layerwise.methods.base import LearningRule, Signal, evaluating
 from layerwise.models import Network
 from layerwise.optim import build_optimizer, build_scheduler
+from layerwise.run_state import FORMAT, KEY, group_layout, restore_rng, rng_state
 
 
 def _as_list(items) -> list:
@@ -46,7 +50,8 @@ def _accuracy(num_classes: int) -> MulticlassAccuracy:
 class LayerwiseModule(L.LightningModule):
     def __init__(self, net: Network, rule: LearningRule, optim_cfg, num_classes: int, example: torch.Tensor,
                  max_epochs: int = 1, grad_clip: float | None = None, memory_batches: int = 2,
-                 nonfinite: str = "stop"):
+                 nonfinite: str = "stop", channels_last: bool = False, compile=False,
+                 compile_backend: str = "inductor"):
         super().__init__()
         self.automatic_optimization = False
         self.net, self.rule = net, rule
@@ -66,6 +71,15 @@ class LayerwiseModule(L.LightningModule):
         # network head's, since that is the classifier it is trained with.
         self.exit_blocks = sorted(exits)
         self.reported_blocks = self.exit_blocks + ([n - 1] if self.exit_blocks and n - 1 not in exits else [])
+        # Fast paths (layerwise.acceleration), applied after the probe pass so it runs uncompiled.
+        self.channels_last = channels_last
+        if channels_last:
+            net.to(memory_format=torch.channels_last)
+            rule.to(memory_format=torch.channels_last)
+        self.compile_mode = compile_mode(compile)
+        if self.compile_mode:
+            compile_in_place(net, rule, self.compile_mode, compile_backend)
+        self._scaler: BatchGradScaler | None = None
         self.train_acc, self.test_acc = _accuracy(num_classes), _accuracy(num_classes)
         self.block_train_acc = nn.ModuleDict({str(i): _accuracy(num_classes) for i in range(n)})
         self.block_test_acc = nn.ModuleDict({str(i): _accuracy(num_classes) for i in self.reported_blocks})
@@ -74,6 +88,8 @@ class LayerwiseModule(L.LightningModule):
         self.val_acc = _accuracy(num_classes)
         self.block_val_acc = nn.ModuleDict({str(i): _accuracy(num_classes) for i in self.reported_blocks})
         self.meter = ActivationMeter()
+        self.run_identity: dict = {}  # method/model/data/seed, stored in checkpoints and checked on resume
+        self._rng_to_restore: dict | None = None
         self._samples = 0
         self._t_first = self._t_last = 0.0
 
@@ -95,16 +111,24 @@ class LayerwiseModule(L.LightningModule):
         ks = self._groups_after.get(after, ())
         skip: set[int] = set()
         if ks or after == len(self.net.blocks):  # the head's stage flushes losses no group stepped after
+            sync_step_point(self.trainer.world_size, [self._group_params[k] for k in ks], self.guard)  # DDP
             skip = self.guard.check([(self.groups[k].name, self._group_params[k]) for k in ks])
         for pos, k in enumerate(ks):
             opt = optimizers[k]
             if pos in skip:  # trainer.nonfinite=skip: drop this batch's gradients for the group
                 opt.zero_grad(set_to_none=True)
                 continue
-            if self.grad_clip:
-                self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
-            opt.step()
+            if self._scaler is not None and not has_grads(self._group_params[k]):
+                continue  # nothing to step; GradScaler.step would assert on an optimizer without gradients
+            opt.step()  # clipping: on_before_optimizer_step
             opt.zero_grad(set_to_none=True)
+        if self._scaler is not None and after == len(self.net.blocks):  # the batch's last step point
+            self._scaler.end_batch()
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Lightning calls this inside opt.step(), after 16-mixed's unscale_: clipping sees the true gradients.
+        if self.grad_clip:
+            self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
 
     # ----------------------------------------------------------------- training
     def _backward_signal(self, signal: Signal | None, out: torch.Tensor | None, y: torch.Tensor, prefix: str,
@@ -118,7 +142,7 @@ class LayerwiseModule(L.LightningModule):
         self.guard.watch_loss(where, signal.loss)  # checked, without a sync, at the next step point
         if objective is not None and objective is not signal.loss:
             self.guard.watch_loss(where, objective)
-        log = dict(on_step=False, on_epoch=True, batch_size=len(y))
+        log = dict(on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)  # DDP: mean over processes
         if signal.loss is not None:
             self.log(f"{prefix}loss", signal.loss.detach(), **log)
         for name, value in signal.metrics.items():
@@ -129,9 +153,12 @@ class LayerwiseModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
+        x = to_channels_last(x) if self.channels_last else x
         optimizers = self._optimizer_list()
         n = len(self.net.blocks)
         self.guard.begin_batch(batch_idx)
+        if self._scaler is not None:  # constant within the batch (BatchGradScaler updates at its end)
+            self.rule.grad_scale = self._scaler.get_scale()
 
         def backward(signal: Signal | None, out, prefix: str, stage: int | None) -> None:
             acc = None if stage is None else (self.train_acc if stage == n else self.block_train_acc[str(stage)])
@@ -144,8 +171,11 @@ class LayerwiseModule(L.LightningModule):
     def on_train_start(self) -> None:
         # With a gradient scaler (16-mixed) an inf gradient is routine: the scaler skips that step itself.
         self.guard.check_grads = getattr(self.trainer.precision_plugin, "scaler", None) is None
+        # One scale update per batch, not per optimizer step (see layerwise.acceleration).
+        self._scaler = install_batch_scaler(self.trainer.precision_plugin)
 
     def on_train_epoch_start(self) -> None:
+        self._catch_up_schedulers(self.current_epoch)
         self.guard.begin_epoch(self.current_epoch)
         self._samples = 0
         self._t_first = self._t_last = time.perf_counter()
@@ -167,19 +197,49 @@ class LayerwiseModule(L.LightningModule):
             "train/skipped_batches": float(self.guard.skipped_epoch),
         })
         self.guard.end_epoch()
+        self._catch_up_schedulers(self.current_epoch + 1)
+
+    def _catch_up_schedulers(self, epochs_done: int) -> None:
+        """Step each scheduler until it has seen `epochs_done` epochs: once per epoch end, and on a resume from
+        a checkpoint written before the epoch-end hook ran (validation end), the step that run missed."""
         for sched in _as_list(self.lr_schedulers()):
-            sched.step()
+            while sched.last_epoch < epochs_done:
+                sched.step()
+
+    # ----------------------------------------------------------------- checkpoints (layerwise.run_state)
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        wandb_ids = [lg.version for lg in self.trainer.loggers if type(lg).__name__.endswith("WandbLogger")]
+        checkpoint[KEY] = {
+            "format": FORMAT,
+            "identity": dict(self.run_identity),
+            "groups": group_layout(self.groups, self._group_params),
+            "position": {"epoch": int(self.current_epoch),
+                         "batches_done": int(self.trainer.fit_loop.epoch_loop.batch_progress.current.completed)},
+            "rng": rng_state(),
+            "wandb_id": wandb_ids[0] if wandb_ids else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._rng_to_restore = checkpoint.get(KEY, {}).get("rng")
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        # Restored here, not at load time: between loading and the first batch Lightning and the data loader
+        # still run code that an uninterrupted run ran before the checkpoint was written.
+        if self._rng_to_restore is not None:
+            restore_rng(self._rng_to_restore)
+            self._rng_to_restore = None
 
     # ----------------------------------------------------------------- evaluation
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
         """Dataloader 0 is the test set (every epoch, as in the thesis); dataloader 1, when the data module has
         a validation split (data.val_fraction > 0), is that split: `val/loss`, `val/acc`, `block{i}/val_acc`."""
         x, y = batch
+        x = to_channels_last(x) if self.channels_last else x
         split = EVAL_SPLITS[dataloader_idx]
         acc, block_acc = (self.test_acc, self.block_test_acc) if split == "test" else (self.val_acc, self.block_val_acc)
         log = dict(on_epoch=True, add_dataloader_idx=False)  # no "/dataloader_idx_N" suffix on the names
         logits, exits = self.rule.evaluate(self.net, x)
-        self.log(f"{split}/loss", F.cross_entropy(logits, y), batch_size=len(y), **log)
+        self.log(f"{split}/loss", F.cross_entropy(logits, y), batch_size=len(y), sync_dist=True, **log)
         acc.update(logits, y)
         self.log(f"{split}/acc", acc, **log)
         for i in self.reported_blocks:

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from loguru import logger
 
 from layerwise.guard import DivergedError
+from layerwise.preemption import Interrupted
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -84,7 +86,8 @@ class SummaryCallback(L.Callback):
         self.data.update(extra or {})
         for extra in self.extras:
             self.data.update(extra.summary())
-        write_json_atomic(self.path, self.data)
+        if trainer.is_global_zero:  # under DDP every process computes it; one writes it
+            write_json_atomic(self.path, self.data)
         return self.data
 
     def on_fit_end(self, trainer, pl_module) -> None:
@@ -94,7 +97,8 @@ class SummaryCallback(L.Callback):
         if isinstance(exception, DivergedError):  # a non-finite loss/gradient with trainer.nonfinite=stop
             self.write(trainer, pl_module, "diverged", {"error": str(exception), "diverged_at": exception.where})
             return
-        self.write(trainer, pl_module, "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed")
+        stopped = isinstance(exception, (KeyboardInterrupt, Interrupted, SIGTERMException))
+        self.write(trainer, pl_module, "interrupted" if stopped else "failed")
 
 
 class EpochLine(L.Callback):
@@ -104,6 +108,8 @@ class EpochLine(L.Callback):
         self.level = "INFO" if console else "DEBUG"
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
         m = trainer.callback_metrics
         parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
         for key, label in (("train/loss", "loss"), ("train/acc", "acc"), ("val/loss", "val loss"),

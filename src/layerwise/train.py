@@ -1,9 +1,11 @@
 """One experiment from a composed config: data, network, rule, Lightning trainer, outputs."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import sys
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -14,15 +16,21 @@ from lightning.pytorch.loggers import CSVLogger
 from loguru import logger
 from omegaconf import DictConfig, OmegaConf
 
+from layerwise.checkpoint import AtomicCheckpointIO, load_checkpoint
 from layerwise.checks import check_config, check_device
+from layerwise.csv_continue import ContinuedCSVLogger
 from layerwise.data import ImageDataModule
 from layerwise.diagnostics import build_diagnostics
-from layerwise.errors import LayerwiseError
-from layerwise.hydra_job import is_multirun
+from layerwise.distributed import build_strategy, use_sync_batchnorm
+from layerwise.errors import ConfigError, LayerwiseError
+from layerwise.hydra_job import is_multirun, process_rank
 from layerwise.images import RuleImages
 from layerwise.methods import build_rule
 from layerwise.models import build_network
 from layerwise.module import LayerwiseModule
+from layerwise.preemption import Interrupted, Preemption
+from layerwise.resume import MULTIRUN_FIX, ResumeTarget, interrupted_run, resolve
+from layerwise.run_state import KEY, check_compatible, group_layout
 from layerwise.runlog import add_run_log, redact, setup_console
 from layerwise.search import check_optimized_metric, objective
 from layerwise.summary import EpochLine, SummaryCallback, write_json_atomic
@@ -51,14 +59,18 @@ def _wandb_group_and_tags(cfg: DictConfig) -> tuple[str | None, list[str]]:
     return group, tags
 
 
-def _loggers(cfg: DictConfig, run_dir: Path) -> list:
+def _loggers(cfg: DictConfig, run_dir: Path, resumed: dict | None = None) -> list:
+    """`resumed`: the resumed checkpoint's run state; its metrics.csv rows are kept and its wandb run continues."""
     loggers = []
     if cfg.logger.csv:
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="", version=""))
+        where = dict(save_dir=str(run_dir), name="", version="")
+        loggers.append(ContinuedCSVLogger(**where, keep_through_epoch=resumed["position"]["epoch"]) if resumed
+                       else CSVLogger(**where))
     if cfg.logger.wandb:
         config = OmegaConf.to_container(cfg, resolve=True)
         group, tags = _wandb_group_and_tags(cfg)
-        wandb_logger = build_wandb_logger(cfg, run_dir, str(cfg.name), config, group=group, tags=tags)
+        wandb_logger = build_wandb_logger(cfg, run_dir, str(cfg.name), config, group=group, tags=tags,
+                                          run_id=resumed.get("wandb_id") if resumed else None)
         if wandb_logger is not None:
             loggers.append(wandb_logger)
     return loggers
@@ -75,11 +87,23 @@ def _limit(value):
     return None if value in (None, 1.0) else value
 
 
+def _training_device(trainer_cfg: DictConfig) -> torch.device:
+    """The device this process trains on (data.loader=device keeps the dataset there)."""
+    wants_gpu = trainer_cfg.accelerator in ("gpu", "cuda") or (trainer_cfg.accelerator == "auto"
+                                                               and torch.cuda.is_available())
+    if not wants_gpu:
+        return torch.device("cpu")
+    devices = trainer_cfg.devices
+    index = int(devices[0]) if not isinstance(devices, (int, str)) else 0
+    return torch.device("cuda", index)
+
+
 def build_experiment(cfg: DictConfig):
     """Data module, network, rule and LightningModule for `cfg` (no trainer)."""
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     rule = build_rule(cfg.method)  # rejects bad rule options before any data is loaded
-    datamodule = ImageDataModule(cfg.data, pin_memory=cfg.trainer.accelerator in ("gpu", "cuda"))
+    device = _training_device(cfg.trainer)
+    datamodule = ImageDataModule(cfg.data, pin_memory=device.type == "cuda", device=device, seed=int(cfg.seed))
     datamodule.setup("fit")
     info = datamodule.info
     net = build_network(cfg.model, info.spec)
@@ -88,11 +112,42 @@ def build_experiment(cfg: DictConfig):
     module = LayerwiseModule(net, rule, cfg.optimizer, info.num_classes, example,
                              max_epochs=int(cfg.trainer.max_epochs), grad_clip=cfg.trainer.grad_clip,
                              memory_batches=int(cfg.trainer.memory_batches),
-                             nonfinite=str(cfg.trainer.get("nonfinite", "stop")))
+                             nonfinite=str(cfg.trainer.get("nonfinite", "stop")),
+                             channels_last=bool(cfg.trainer.get("channels_last", False)),
+                             compile=cfg.trainer.get("compile", False),
+                             compile_backend=str(cfg.trainer.get("compile_backend", "inductor")))
     return datamodule, module
 
 
-def fit(cfg: DictConfig, run_dir: Path) -> dict:
+def _checkpoint_callbacks(dirpath: Path, monitor: str) -> list[ModelCheckpoint]:
+    """best.ckpt (highest `monitor`) and last.ckpt after every epoch. Two callbacks, because Lightning 2.6's
+    save_last=True only refreshes last.ckpt in epochs where the best one changed."""
+    best = ModelCheckpoint(dirpath=dirpath, filename="best", monitor=monitor, mode="max", save_top_k=1,
+                           auto_insert_metric_name=False, enable_version_counter=False)
+    last = ModelCheckpoint(dirpath=dirpath, filename="last", monitor=None, save_top_k=1,
+                           auto_insert_metric_name=False, enable_version_counter=False)
+    return [best, last]
+
+
+def _prepare_resume(target: ResumeTarget, datamodule, module: LayerwiseModule, identity: dict) -> dict:
+    """Check that the checkpoint fits this run and point the data module at its position; its run state."""
+    checkpoint = load_checkpoint(target.checkpoint, map_location="cpu")
+    check_compatible(checkpoint, target.checkpoint, module.state_dict(), group_layout(module.groups,
+                     module._group_params), identity)
+    meta = checkpoint[KEY]
+    position = meta["position"]
+    if hasattr(datamodule, "resume_at"):
+        datamodule.resume_at(position["epoch"], position["batches_done"])
+    logger.info(f"resuming {target.checkpoint} at epoch {position['epoch'] + 1}, after batch "
+                f"{position['batches_done']}")
+    return meta
+
+
+def fit(cfg: DictConfig, run_dir: Path, resume: ResumeTarget | None = None,
+        stop: Preemption | None = None) -> dict:
+    if cfg.trainer.get("pipeline"):
+        from layerwise.pipeline import fit_pipeline
+        return fit_pipeline(cfg, run_dir)
     diagnostics = build_diagnostics(cfg)  # rejects bad diagnostics options before any data is loaded
     datamodule, module = build_experiment(cfg)
     n_params = sum(p.numel() for p in module.parameters())
@@ -100,25 +155,33 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict:
                 f"{len(module.groups)} optimizers, {n_params / 1e6:.2f}M params incl. aux) -> {run_dir}")
     identity = {"name": str(cfg.name), "method": str(cfg.method.name), "model": str(cfg.model.name),
                 "data": str(cfg.data.name), "seed": int(cfg.seed)}
-    summary = SummaryCallback(run_dir / "summary.json", identity, extras=diagnostics)
+    module.run_identity = identity
+    resumed = _prepare_resume(resume, datamodule, module, identity) if resume else None
+    summary = SummaryCallback(run_dir / "summary.json", {**identity, "config_hash": config_hash(cfg)},
+                              extras=diagnostics)
     # With a validation split, "best" is chosen on it, not on the test set.
     monitor = "val/acc" if getattr(datamodule, "val_set", None) is not None else "test/acc"
-    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode="max",
-                                  save_top_k=1, save_last=True, auto_insert_metric_name=False)
+    checkpoints = _checkpoint_callbacks(run_dir / "checkpoints", monitor)
     t = cfg.trainer
     progress = _progress_callbacks(cfg)
     trainer = L.Trainer(
         accelerator=t.accelerator, devices=t.devices, precision=t.precision, max_epochs=int(t.max_epochs),
+        strategy=build_strategy(t), sync_batchnorm=use_sync_batchnorm(t),
         limit_train_batches=_limit(t.limit_train_batches), limit_val_batches=_limit(t.limit_val_batches),
         check_val_every_n_epoch=int(t.check_val_every_n_epoch), log_every_n_steps=int(t.log_every_n_steps),
         deterministic=t.deterministic, benchmark=t.benchmark, num_sanity_val_steps=0,
-        logger=_loggers(cfg, run_dir) or False,
-        callbacks=[summary, checkpoints, EpochLine(console=not progress), *progress,
+        logger=_loggers(cfg, run_dir, resumed) or False, plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,  # the data module shards by itself, so a resume can skip exact batches
+        callbacks=[*([stop] if stop else []), summary, *checkpoints, EpochLine(console=not progress), *progress,
                    RuleImages(run_dir / "images", t.images_every_n_epochs), *diagnostics],
         enable_progress_bar=bool(progress), enable_model_summary=False,
         default_root_dir=str(run_dir),
     )
-    trainer.fit(module, datamodule=datamodule)
+    with warnings.catch_warnings():
+        if resume:  # a resumed run writes into its own checkpoint directory on purpose
+            warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume.checkpoint if resume else None,
+                    weights_only=True)
     result = summary.data
     logger.info(f"{cfg.name}: {result.get('status')} after {result.get('epochs_done')} epochs, "
                 f"test acc {result.get('test_acc') or 0:.4f} (best {result.get('best_test_acc') or 0:.4f})")
@@ -130,14 +193,24 @@ def run(cfg: DictConfig) -> float | None:
     setup_console()
     run_dir = _run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    sink = add_run_log(run_dir)
+    sink = add_run_log(run_dir) if process_rank() == 0 else None  # DDP workers share the run dir
     try:
         check_config(cfg)
         check_device(cfg.trainer)
         check_optimized_metric(cfg)
-        return objective(cfg, fit(cfg, run_dir))
+        done = _completed_sweep_job(cfg, run_dir)
+        if done is not None:
+            return objective(cfg, done)
+        resume = _resume_target(cfg, run_dir)
+        with Preemption(run_dir / "checkpoints" / "last.ckpt") as stop:
+            return objective(cfg, fit(cfg, run_dir, resume, stop))
+    except Interrupted as err:
+        _report_interrupted(cfg, run_dir, err, stop)
+        stop.requeue()  # under submitit: requeue the job (it continues from the checkpoint); exits
+        sys.exit(err.exit_code)
     except LayerwiseError as err:
-        logger.error(f"{err}")
+        # A user's mistake: one line, no traceback, unless debug=true asks for where it was raised.
+        logger.opt(exception=err if cfg.get("debug") is True else None).error(f"{err}")
         if not is_multirun():
             sys.exit(2)
         _mark_failed(cfg, run_dir, str(err))
@@ -152,7 +225,50 @@ def run(cfg: DictConfig) -> float | None:
         return math.nan
     finally:
         finish_wandb()  # each (multirun) job closes its own wandb run, or the next job logs into it
-        logger.remove(sink)
+        if sink is not None:
+            logger.remove(sink)
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """A fingerprint of what a run trains (not where it writes or whether it resumes), kept in summary.json."""
+    job = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in ("resume", "paths", "debug")}
+    return hashlib.sha1(json.dumps(job, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _completed_sweep_job(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """A sweep rerun in its old dir (hydra.sweep.dir=...) keeps the jobs that completed: their summary, not a
+    retrained (and overwritten) run."""
+    path = run_dir / "summary.json"
+    if cfg.get("resume") or not is_multirun() or not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    if summary.get("status") != "completed" or summary.get("config_hash") != config_hash(cfg):
+        return None
+    logger.info(f"{run_dir} already holds this job's completed run; keeping it (delete the directory to rerun)")
+    return summary
+
+
+def _resume_target(cfg: DictConfig, run_dir: Path) -> ResumeTarget | None:
+    """`resume=` resolved; else the run dir's own checkpoint when it holds an interrupted run (a requeued job)."""
+    value = cfg.get("resume")
+    if value:
+        if is_multirun():
+            raise ConfigError(MULTIRUN_FIX)
+        return resolve(str(value), Path(cfg.paths.output_root))
+    checkpoint = interrupted_run(run_dir)
+    if checkpoint is None:
+        return None
+    logger.info(f"{run_dir} holds an interrupted run: continuing it from {checkpoint}")
+    return ResumeTarget(run_dir, checkpoint)
+
+
+def _report_interrupted(cfg: DictConfig, run_dir: Path, err: Interrupted, stop: Preemption) -> None:
+    path = run_dir / "summary.json"
+    resume = f"python main.py <same overrides> resume={run_dir}"
+    if stop.saved and path.is_file():
+        write_json_atomic(path, {**json.loads(path.read_text()), "signal": str(err), "resume": resume})
+    saved = f"checkpoint saved to {stop.checkpoint_path}" if stop.saved else "no checkpoint was written"
+    logger.warning(f"interrupted by {err}: {saved}; continue with: {resume}")
 
 
 def _mark_failed(cfg: DictConfig, run_dir: Path, error: str) -> None:

@@ -98,8 +98,10 @@ def _start(mode: str, timeout: float, **kwargs) -> SafeWandbLogger:
 
 
 def build_wandb_logger(cfg, run_dir: Path, name: str, config: dict, group: str | None = None,
-                       tags: list[str] | None = None):
-    """The run's WandbLogger with its wandb run started, or None when wandb is disabled or cannot start."""
+                       tags: list[str] | None = None, run_id: str | None = None):
+    """The run's WandbLogger with its wandb run started, or None when wandb is disabled or cannot start.
+
+    `run_id`: a resumed run's wandb id, so its metrics continue in the same wandb run."""
     mode = resolve_mode(cfg.logger.mode)
     if mode == "disabled":
         return None
@@ -110,6 +112,7 @@ def build_wandb_logger(cfg, run_dir: Path, name: str, config: dict, group: str |
         group=group if group is not None else (cfg.logger.group or None),
         tags=tags if tags is not None else list(cfg.logger.tags or []), job_type=cfg.logger.job_type,
         config=config, log_model=False,
+        **({"id": run_id, "resume": "allow"} if run_id else {}),
     )
     timeout = init_timeout(cfg)
     sync = f"wandb sync {run_dir / 'wandb'}/offline-run-*"

@@ -1,0 +1,48 @@
+"""Checks on the command line before Hydra starts (no torch imported): where the run will write.
+
+Hydra creates the run directory before any layerwise code runs, so an unwritable output root would otherwise
+end in Hydra's traceback; and `resume=` must point Hydra at the resumed run's own directory.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from layerwise.errors import ConfigError
+from layerwise.resume import default_output_root, hydra_run_dir_override
+
+# Invocations that print something and run no job.
+NO_JOB_FLAGS = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--version", "--shell-completion", "-sc"}
+
+
+def _override(args: list[str], key: str) -> str | None:
+    values = [a.split("=", 1)[1] for a in args if a.lstrip("+").startswith(f"{key}=")]
+    return values[-1].strip("'\"") if values else None
+
+
+def output_dir(args: list[str]) -> Path:
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    explicit = _override(args, "hydra.sweep.dir" if multirun else "hydra.run.dir")
+    return Path(explicit) if explicit and "${" not in explicit else default_output_root(args)
+
+
+def check_writable(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".layerwise-write-test-"):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise ConfigError(f"cannot write to the output directory {directory} ({reason}); set "
+                          "paths.output_root=<a writable directory> (or the LAYERWISE_OUTPUT_ROOT environment "
+                          "variable)") from None
+
+
+def prepare(args: list[str]) -> list[str]:
+    """Extra overrides for Hydra (the resumed run's directory); ConfigError for an unwritable output dir."""
+    if NO_JOB_FLAGS & {a.split("=", 1)[0] for a in args}:
+        return []
+    extra = hydra_run_dir_override(args)
+    check_writable(Path(_override(extra, "hydra.run.dir")) if extra else output_dir(args))
+    return extra

@@ -1,0 +1,94 @@
+"""Resuming a run: which checkpoint and run directory `resume=` names, and whether a checkpoint fits this run.
+
+`resume=` accepts a run directory (its `checkpoints/last.ckpt`), a `.ckpt` file, or `last` (the newest run
+directory under `paths.output_root` holding a `checkpoints/last.ckpt`). The run continues in that run
+directory (main.py points Hydra's `hydra.run.dir` there), so logs, metrics and summary.json stay in one place.
+The resuming command's Hydra config is saved in `.hydra/resume-<time>/`. A run directory whose summary.json says `"status": "interrupted"` is resumed without `resume=` when a job is
+started in it again (a requeued Slurm/submitit job recomputes the same directory).
+
+This module imports no torch: main.py uses it before Hydra starts.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from layerwise.errors import ConfigError
+
+LAST = "last"
+CHECKPOINT = Path("checkpoints") / "last.ckpt"
+FIX = "pass a run directory (it holds checkpoints/last.ckpt), a .ckpt file, or resume=last"
+
+
+@dataclass(frozen=True)
+class ResumeTarget:
+    run_dir: Path
+    checkpoint: Path
+
+
+def default_output_root(overrides: list[str] | None = None) -> Path:
+    """paths.output_root as the config will resolve it (an override, else LAYERWISE_OUTPUT_ROOT, else experiments)."""
+    for arg in reversed(overrides or []):
+        key, _, value = arg.partition("=")
+        if key.lstrip("+") == "paths.output_root":
+            return Path(value)
+    return Path(os.environ.get("LAYERWISE_OUTPUT_ROOT", "experiments"))
+
+
+def _newest_run(output_root: Path) -> Path:
+    candidates = [p.parent.parent for p in output_root.glob(f"**/{CHECKPOINT.as_posix()}")]
+    if not candidates:
+        raise ConfigError(f"resume=last: no run under {output_root} has a {CHECKPOINT}; {FIX} "
+                          f"(or set paths.output_root to where your runs are)")
+    return max(candidates, key=lambda d: (d / CHECKPOINT).stat().st_mtime)
+
+
+def resolve(value: str, output_root: Path) -> ResumeTarget:
+    """The run directory and checkpoint `resume=value` names; ConfigError (one line, with the fix) otherwise."""
+    if value == LAST:
+        run_dir = _newest_run(output_root)
+        return ResumeTarget(run_dir.resolve(), (run_dir / CHECKPOINT).resolve())
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise ConfigError(f"resume={value}: no such run directory or checkpoint; {FIX}")
+    if path.is_dir():
+        if not (path / CHECKPOINT).is_file():
+            raise ConfigError(f"resume={value}: this directory has no {CHECKPOINT} (the run stopped before its "
+                              f"first checkpoint, or it is not a run directory); {FIX}, or start without resume=")
+        return ResumeTarget(path.resolve(), (path / CHECKPOINT).resolve())
+    path = path.resolve()
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return ResumeTarget(run_dir, path)
+
+
+def interrupted_run(run_dir: Path) -> Path | None:
+    """The checkpoint to continue from when `run_dir` holds an interrupted run, else None."""
+    try:
+        status = json.loads((run_dir / "summary.json").read_text()).get("status")
+    except (OSError, ValueError):
+        return None
+    checkpoint = run_dir / CHECKPOINT
+    return checkpoint if status == "interrupted" and checkpoint.is_file() else None
+
+
+MULTIRUN_FIX = ("resume= continues one run, not a sweep; rerun the sweep with hydra.sweep.dir=<its dir> instead: its "
+                "interrupted jobs then continue from their checkpoints")
+
+
+def hydra_run_dir_override(overrides: list[str]) -> list[str]:
+    """`hydra.run.dir=<the resumed run's directory>` for a `resume=` override; ConfigError for a bad one."""
+    values = [a.split("=", 1)[1] for a in overrides if a.lstrip("+").startswith("resume=")]
+    if not values or values[-1] in ("", "null", "None"):
+        return []
+    if any(a in ("-m", "--multirun") for a in overrides):
+        raise ConfigError(MULTIRUN_FIX)
+    target = resolve(values[-1].strip("'\""), default_output_root(overrides))
+    if any(a.startswith("hydra.run.dir=") for a in overrides):
+        return []
+    # Quoted: Hydra's grammar then takes any path. The resumed command's config goes next to the original one,
+    # which stays in .hydra/ (a failed resume must not overwrite the record of how the run was started).
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return [f"hydra.run.dir='{target.run_dir}'", f"hydra.output_subdir=.hydra/resume-{stamp}"]
