@@ -19,6 +19,7 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
 from layerwise.errors import LayerwiseError
+from layerwise.resume import run_dir_of
 
 
 class CheckpointError(LayerwiseError):
@@ -83,4 +84,4 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise CheckpointWriteError(
                 f"could not write checkpoint {path}: {reason}; earlier checkpoints are intact. Free disk space "
                 "(or check permissions/quota) or set paths.output_root to another disk, then continue with "
-                f"resume={path.parent.parent if path.parent.name == 'checkpoints' else path}") from err
+                f"resume={run_dir_of(path)}") from err

@@ -10,20 +10,15 @@ import tempfile
 from pathlib import Path
 
 from layerwise.errors import ConfigError
-from layerwise.resume import default_output_root, hydra_run_dir_override
+from layerwise.resume import default_output_root, hydra_run_dir_override, override_value
 
 # Invocations that print something and run no job.
 NO_JOB_FLAGS = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--version", "--shell-completion", "-sc"}
 
 
-def _override(args: list[str], key: str) -> str | None:
-    values = [a.split("=", 1)[1] for a in args if a.lstrip("+").startswith(f"{key}=")]
-    return values[-1].strip("'\"") if values else None
-
-
 def output_dir(args: list[str]) -> Path:
     multirun = any(a in ("-m", "--multirun") for a in args)
-    explicit = _override(args, "hydra.sweep.dir" if multirun else "hydra.run.dir")
+    explicit = override_value(args, "hydra.sweep.dir" if multirun else "hydra.run.dir")
     return Path(explicit) if explicit and "${" not in explicit else default_output_root(args)
 
 
@@ -44,5 +39,5 @@ def prepare(args: list[str]) -> list[str]:
     if NO_JOB_FLAGS & {a.split("=", 1)[0] for a in args}:
         return []
     extra = hydra_run_dir_override(args)
-    check_writable(Path(_override(extra, "hydra.run.dir")) if extra else output_dir(args))
+    check_writable(Path(override_value(extra, "hydra.run.dir")) if extra else output_dir(args))
     return extra

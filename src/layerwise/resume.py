@@ -29,13 +29,16 @@ class ResumeTarget:
     checkpoint: Path
 
 
+def override_value(overrides: list[str], key: str) -> str | None:
+    """The value the last `key=value` (or `+key=value`) override gives, unquoted; None if there is none."""
+    values = [a.split("=", 1)[1] for a in overrides if a.split("=", 1)[0].lstrip("+") == key]
+    return values[-1].strip("'\"") if values else None
+
+
 def default_output_root(overrides: list[str] | None = None) -> Path:
     """paths.output_root as the config will resolve it (an override, else LAYERWISE_OUTPUT_ROOT, else experiments)."""
-    for arg in reversed(overrides or []):
-        key, _, value = arg.partition("=")
-        if key.lstrip("+") == "paths.output_root":
-            return Path(value)
-    return Path(os.environ.get("LAYERWISE_OUTPUT_ROOT", "experiments"))
+    value = override_value(overrides or [], "paths.output_root")
+    return Path(value if value is not None else os.environ.get("LAYERWISE_OUTPUT_ROOT", "experiments"))
 
 
 def _newest_run(output_root: Path) -> Path:
@@ -60,8 +63,12 @@ def resolve(value: str, output_root: Path) -> ResumeTarget:
                               f"first checkpoint, or it is not a run directory); {FIX}, or start without resume=")
         return ResumeTarget(path.resolve(), (path / CHECKPOINT).resolve())
     path = path.resolve()
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    return ResumeTarget(run_dir, path)
+    return ResumeTarget(run_dir_of(path), path)
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run directory a checkpoint belongs to (`<run>/checkpoints/x.ckpt`), else the file's own directory."""
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
 
 
 def interrupted_run(run_dir: Path) -> Path | None:
@@ -80,13 +87,13 @@ MULTIRUN_FIX = ("resume= continues one run, not a sweep; rerun the sweep with hy
 
 def hydra_run_dir_override(overrides: list[str]) -> list[str]:
     """`hydra.run.dir=<the resumed run's directory>` for a `resume=` override; ConfigError for a bad one."""
-    values = [a.split("=", 1)[1] for a in overrides if a.lstrip("+").startswith("resume=")]
-    if not values or values[-1] in ("", "null", "None"):
+    value = override_value(overrides, "resume")
+    if value in (None, "", "null", "None"):
         return []
     if any(a in ("-m", "--multirun") for a in overrides):
         raise ConfigError(MULTIRUN_FIX)
-    target = resolve(values[-1].strip("'\""), default_output_root(overrides))
-    if any(a.startswith("hydra.run.dir=") for a in overrides):
+    target = resolve(value, default_output_root(overrides))
+    if override_value(overrides, "hydra.run.dir") is not None:
         return []
     # Quoted: Hydra's grammar then takes any path. The resumed command's config goes next to the original one,
     # which stays in .hydra/ (a failed resume must not overwrite the record of how the run was started).

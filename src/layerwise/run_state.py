@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from layerwise.checkpoint import CheckpointError
+from layerwise.resume import run_dir_of
 
 KEY = "layerwise"
 FORMAT = 1
@@ -85,5 +86,4 @@ def check_compatible(checkpoint: dict, path: Path, state_dict: dict, layout: lis
 
 
 def _config_of(checkpoint: Path) -> Path:
-    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-    return run_dir / ".hydra" / "config.yaml"
+    return run_dir_of(checkpoint) / ".hydra" / "config.yaml"
