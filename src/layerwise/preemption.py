@@ -61,7 +61,8 @@ class Preemption(L.Callback):
             requeue = _submitit_handler(sig)
             if requeue is not None:
                 self._requeue = requeue
-                signals.append(sig) if sig not in signals else None
+                if sig not in signals:
+                    signals.append(sig)
         for sig in signals:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self

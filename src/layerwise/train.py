@@ -147,6 +147,9 @@ def fit(cfg: DictConfig, run_dir: Path, resume: ResumeTarget | None = None,
         stop: Preemption | None = None) -> dict:
     if cfg.trainer.get("pipeline"):
         from layerwise.pipeline import fit_pipeline
+        if resume:
+            raise ConfigError(f"trainer=pipeline runs cannot be resumed ({resume.checkpoint} holds weights, no "
+                              "optimizer state); start the run again, or use trainer=default to resume")
         return fit_pipeline(cfg, run_dir)
     diagnostics = build_diagnostics(cfg)  # rejects bad diagnostics options before any data is loaded
     datamodule, module = build_experiment(cfg)
@@ -205,7 +208,7 @@ def run(cfg: DictConfig) -> float | None:
         with Preemption(run_dir / "checkpoints" / "last.ckpt") as stop:
             return objective(cfg, fit(cfg, run_dir, resume, stop))
     except Interrupted as err:
-        _report_interrupted(cfg, run_dir, err, stop)
+        _report_interrupted(run_dir, err, stop)
         stop.requeue()  # under submitit: requeue the job (it continues from the checkpoint); exits
         sys.exit(err.exit_code)
     except LayerwiseError as err:
@@ -262,10 +265,10 @@ def _resume_target(cfg: DictConfig, run_dir: Path) -> ResumeTarget | None:
     return ResumeTarget(run_dir, checkpoint)
 
 
-def _report_interrupted(cfg: DictConfig, run_dir: Path, err: Interrupted, stop: Preemption) -> None:
+def _report_interrupted(run_dir: Path, err: Interrupted, stop: Preemption) -> None:
     path = run_dir / "summary.json"
     resume = f"python main.py <same overrides> resume={run_dir}"
-    if stop.saved and path.is_file():
+    if stop.saved and path.is_file() and process_rank() == 0:
         write_json_atomic(path, {**json.loads(path.read_text()), "signal": str(err), "resume": resume})
     saved = f"checkpoint saved to {stop.checkpoint_path}" if stop.saved else "no checkpoint was written"
     logger.warning(f"interrupted by {err}: {saved}; continue with: {resume}")
