@@ -17,6 +17,7 @@ from collections import defaultdict
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import WandbLogger
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -199,10 +200,10 @@ class LayerwiseModule(L.LightningModule):
             self._log_epoch_values()
 
     def on_train_start(self) -> None:
-        # With a gradient scaler (16-mixed) an inf gradient is routine: the scaler skips that step itself.
-        self.guard.check_grads = getattr(self.trainer.precision_plugin, "scaler", None) is None
         # One scale update per batch, not per optimizer step (see layerwise.acceleration).
         self._scaler = install_batch_scaler(self.trainer.precision_plugin)
+        # With a gradient scaler (16-mixed) an inf gradient is routine: the scaler skips that step itself.
+        self.guard.check_grads = self._scaler is None
 
     def on_train_epoch_start(self) -> None:
         self._catch_up_schedulers(self.current_epoch)
@@ -239,7 +240,7 @@ class LayerwiseModule(L.LightningModule):
 
     # ----------------------------------------------------------------- checkpoints (layerwise.run_state)
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        wandb_ids = [lg.version for lg in self.trainer.loggers if type(lg).__name__.endswith("WandbLogger")]
+        wandb_ids = [lg.version for lg in self.trainer.loggers if isinstance(lg, WandbLogger)]
         checkpoint[KEY] = {
             "format": FORMAT,
             "identity": dict(self.run_identity),

@@ -10,15 +10,14 @@ import tempfile
 from pathlib import Path
 
 from layerwise.errors import ConfigError
-from layerwise.resume import default_output_root, hydra_run_dir_override, override_value
+from layerwise.resume import default_output_root, hydra_run_dir_override, is_multirun_argv, override_value
 
 # Invocations that print something and run no job.
 NO_JOB_FLAGS = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--version", "--shell-completion", "-sc"}
 
 
 def output_dir(args: list[str]) -> Path:
-    multirun = any(a in ("-m", "--multirun") for a in args)
-    explicit = override_value(args, "hydra.sweep.dir" if multirun else "hydra.run.dir")
+    explicit = override_value(args, "hydra.sweep.dir" if is_multirun_argv(args) else "hydra.run.dir")
     return Path(explicit) if explicit and "${" not in explicit else default_output_root(args)
 
 

@@ -2,9 +2,10 @@
 
 `resume=` accepts a run directory (its `checkpoints/last.ckpt`), a `.ckpt` file, or `last` (the newest run
 directory under `paths.output_root` holding a `checkpoints/last.ckpt`). The run continues in that run
-directory (main.py points Hydra's `hydra.run.dir` there), so logs, metrics and summary.json stay in one place.
-The resuming command's Hydra config is saved in `.hydra/resume-<time>/`. A run directory whose summary.json says `"status": "interrupted"` is resumed without `resume=` when a job is
-started in it again (a requeued Slurm/submitit job recomputes the same directory).
+directory (main.py points Hydra's `hydra.run.dir` there), so logs, metrics and summary.json stay in one place;
+the resuming command's Hydra config is saved in `.hydra/resume-<time>/`. A run directory whose summary.json
+says `"status": "interrupted"` is resumed without `resume=` when a job is started in it again (a requeued
+Slurm/submitit job recomputes the same directory).
 
 This module imports no torch: main.py uses it before Hydra starts.
 """
@@ -71,14 +72,23 @@ def run_dir_of(checkpoint: Path) -> Path:
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
 
 
-def interrupted_run(run_dir: Path) -> Path | None:
-    """The checkpoint to continue from when `run_dir` holds an interrupted run, else None."""
+def read_summary(run_dir: Path) -> dict | None:
+    """The run directory's summary.json, or None when it is missing or unreadable."""
     try:
-        status = json.loads((run_dir / "summary.json").read_text()).get("status")
+        return json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError):
         return None
+
+
+def interrupted_run(run_dir: Path) -> Path | None:
+    """The checkpoint to continue from when `run_dir` holds an interrupted run, else None."""
+    status = (read_summary(run_dir) or {}).get("status")
     checkpoint = run_dir / CHECKPOINT
     return checkpoint if status == "interrupted" and checkpoint.is_file() else None
+
+
+def is_multirun_argv(args: list[str]) -> bool:
+    return any(a in ("-m", "--multirun") for a in args)
 
 
 MULTIRUN_FIX = ("resume= continues one run, not a sweep; rerun the sweep with hydra.sweep.dir=<its dir> instead: its "
@@ -90,7 +100,7 @@ def hydra_run_dir_override(overrides: list[str]) -> list[str]:
     value = override_value(overrides, "resume")
     if value in (None, "", "null", "None"):
         return []
-    if any(a in ("-m", "--multirun") for a in overrides):
+    if is_multirun_argv(overrides):
         raise ConfigError(MULTIRUN_FIX)
     target = resolve(value, default_output_root(overrides))
     if override_value(overrides, "hydra.run.dir") is not None:

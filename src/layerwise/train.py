@@ -29,7 +29,7 @@ from layerwise.methods import build_rule
 from layerwise.models import build_network
 from layerwise.module import LayerwiseModule
 from layerwise.preemption import Interrupted, Preemption
-from layerwise.resume import MULTIRUN_FIX, ResumeTarget, interrupted_run, resolve
+from layerwise.resume import MULTIRUN_FIX, ResumeTarget, interrupted_run, read_summary, resolve
 from layerwise.run_state import KEY, check_compatible, group_layout
 from layerwise.runlog import add_run_log, redact, setup_console
 from layerwise.search import check_optimized_metric, objective
@@ -241,10 +241,9 @@ def config_hash(cfg: DictConfig) -> str:
 def _completed_sweep_job(cfg: DictConfig, run_dir: Path) -> dict | None:
     """A sweep rerun in its old dir (hydra.sweep.dir=...) keeps the jobs that completed: their summary, not a
     retrained (and overwritten) run."""
-    path = run_dir / "summary.json"
-    if cfg.get("resume") or not is_multirun() or not path.is_file():
+    if cfg.get("resume") or not is_multirun():
         return None
-    summary = json.loads(path.read_text())
+    summary = read_summary(run_dir) or {}
     if summary.get("status") != "completed" or summary.get("config_hash") != config_hash(cfg):
         return None
     logger.info(f"{run_dir} already holds this job's completed run; keeping it (delete the directory to rerun)")
@@ -266,23 +265,20 @@ def _resume_target(cfg: DictConfig, run_dir: Path) -> ResumeTarget | None:
 
 
 def _report_interrupted(run_dir: Path, err: Interrupted, stop: Preemption) -> None:
-    path = run_dir / "summary.json"
     resume = f"python main.py <same overrides> resume={run_dir}"
-    if stop.saved and path.is_file() and process_rank() == 0:
-        write_json_atomic(path, {**json.loads(path.read_text()), "signal": str(err), "resume": resume})
+    summary = read_summary(run_dir)
+    if stop.saved and summary is not None and process_rank() == 0:
+        write_json_atomic(run_dir / "summary.json", {**summary, "signal": str(err), "resume": resume})
     saved = f"checkpoint saved to {stop.checkpoint_path}" if stop.saved else "no checkpoint was written"
     logger.warning(f"interrupted by {err}: {saved}; continue with: {resume}")
 
 
 def _mark_failed(cfg: DictConfig, run_dir: Path, error: str) -> None:
     """summary.json says failed and why (it may already exist if training started)."""
-    path = run_dir / "summary.json"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        data = {"name": str(cfg.get("name")), "method": str(OmegaConf.select(cfg, "method.name")),
-                "model": str(OmegaConf.select(cfg, "model.name")), "data": str(OmegaConf.select(cfg, "data.name")),
-                "seed": cfg.get("seed")}
+    data = read_summary(run_dir) or {
+        "name": str(cfg.get("name")), "method": str(OmegaConf.select(cfg, "method.name")),
+        "model": str(OmegaConf.select(cfg, "model.name")), "data": str(OmegaConf.select(cfg, "data.name")),
+        "seed": cfg.get("seed")}
     status = "diverged" if data.get("status") == "diverged" else "failed"  # keep the guard's status
-    write_json_atomic(path, {**data, "status": status, "error": redact(error.splitlines()[0]) if error else ""})
+    write_json_atomic(run_dir / "summary.json", {**data, "status": status, "error": redact(error.splitlines()[0]) if error else ""})
 
