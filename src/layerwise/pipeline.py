@@ -24,11 +24,12 @@ from loguru import logger
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
+from layerwise.checkpoint import AtomicCheckpointIO
 from layerwise.errors import ConfigError
 from layerwise.methods import build_rule
 from layerwise.methods.base import evaluating
 from layerwise.pipeline_stage import StagePlan, limit_batches, run_stage
-from layerwise.summary import write_json_atomic
+from layerwise.summary import mean_after_first, write_json_atomic
 
 #: Rules whose every block trains on a local signal (nothing flows backward between blocks), and whether the
 #: local loss needs the batch's input image as well (a reconstruction target: ssl, infopro).
@@ -182,12 +183,6 @@ def _write_metrics(path: Path, history: list[dict]) -> None:
             writer.writerow({k: row.get(k, "") for k in ["epoch", *keys]})
 
 
-def _mean_after_first(values: list[float]) -> float | None:
-    values = [v for v in values if v]
-    rest = values[1:] or values
-    return sum(rest) / len(rest) if rest else None
-
-
 def fit_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
     """`train.fit` for trainer=pipeline: same outputs (summary.json, metrics.csv, checkpoints/last.ckpt)."""
     t0 = time.perf_counter()
@@ -195,11 +190,10 @@ def fit_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
     if cfg.get("diagnostics"):
         raise ConfigError("trainer=pipeline runs no diagnostics (they need the whole network per batch); "
                           "drop diagnostics=... or use trainer=default")
-    from layerwise.train import build_experiment
+    from layerwise.train import build_experiment, run_identity
 
     datamodule, module = build_experiment(cfg)
-    identity = {"name": str(cfg.name), "method": str(cfg.method.name), "model": str(cfg.model.name),
-                "data": str(cfg.data.name), "seed": int(cfg.seed)}
+    identity = run_identity(cfg)
     logger.info(f"{cfg.name}: {module.rule.describe()} on {cfg.model.name} ({len(module.net.blocks)} blocks), "
                 f"pipelined -> {run_dir}")
     with tempfile.TemporaryDirectory(prefix="pipeline_") as tmp:
@@ -213,19 +207,19 @@ def fit_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
 
     test = evaluate(module, datamodule.val_dataloader() if datamodule.val_set is None
                     else datamodule.val_dataloader()[0], cfg.trainer.limit_val_batches)
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     epochs = int(cfg.trainer.max_epochs)
     # A Lightning-style checkpoint dict (state_dict and progress); it restores weights
     # (module.load_state_dict(load_checkpoint(path)["state_dict"])) but not optimizer states.
-    torch.save({"state_dict": module.state_dict(), "epoch": epochs - 1, "global_step": 0,
-                "pytorch-lightning_version": L.__version__}, run_dir / "checkpoints" / "last.ckpt")
+    AtomicCheckpointIO().save_checkpoint({"state_dict": module.state_dict(), "epoch": epochs - 1, "global_step": 0,
+                                          "pytorch-lightning_version": L.__version__},
+                                         run_dir / "checkpoints" / "last.ckpt")
     evaluated = [row for row in history if row.get("_evaluated")]
     test_accs = [row["test/acc"] for row in evaluated if "test/acc" in row] + [test["acc"]]
     data = {
         "status": "completed", **identity, "epochs_done": epochs,
         "test_acc": test["acc"], "best_test_acc": max(test_accs), "test_loss": test["loss"],
         "block_test_acc": test["blocks"],
-        "imgs_per_sec": _mean_after_first([row["train/imgs_per_sec"] for row in history]),
+        "imgs_per_sec": mean_after_first([row["train/imgs_per_sec"] for row in history if row["train/imgs_per_sec"]]),
         "steady_imgs_per_sec": result["steady_imgs_per_sec"],
         "peak_activation_mb": None,  # not measured per stage
         "wall_s": round(time.perf_counter() - t0, 2),

@@ -30,6 +30,12 @@ def _best(best: float | None, acc: float | None) -> float | None:
     return best if acc is None else (acc if best is None else max(best, acc))
 
 
+def mean_after_first(values: list[float]) -> float | None:
+    """Epoch throughputs averaged without the first epoch (allocator warm-up, lazy init) where there is a rest."""
+    rest = values[1:] or values
+    return sum(rest) / len(rest) if rest else None
+
+
 def _has_val_split(trainer) -> bool:
     return getattr(getattr(trainer, "datamodule", None), "val_set", None) is not None
 
@@ -74,9 +80,7 @@ class SummaryCallback(L.Callback):
             **({"val_acc": _value(m, "val/acc"), "best_val_acc": self.best_val_acc, "val_loss": _value(m, "val/loss"),
                 "block_val_acc": [_value(m, f"block{i}/val_acc") for i in blocks]}
                if _has_val_split(trainer) or "val/acc" in m else {}),
-            # The first epoch includes warm-up (allocator, lazy init); report the rest where there is a rest.
-            "imgs_per_sec": (sum(self.imgs_per_sec[1:]) / len(self.imgs_per_sec[1:]) if len(self.imgs_per_sec) > 1
-                             else (self.imgs_per_sec[0] if self.imgs_per_sec else None)),
+            "imgs_per_sec": mean_after_first(self.imgs_per_sec),
             "peak_activation_mb": round(self.peak_activation_mb, 3),
             "wall_s": round(time.perf_counter() - self.t0, 2),
         }

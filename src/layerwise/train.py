@@ -87,6 +87,12 @@ def _limit(value):
     return None if value in (None, 1.0) else value
 
 
+def run_identity(cfg: DictConfig) -> dict:
+    """What summary.json and checkpoints say a run is."""
+    return {"name": str(cfg.name), "method": str(cfg.method.name), "model": str(cfg.model.name),
+            "data": str(cfg.data.name), "seed": int(cfg.seed)}
+
+
 def _training_device(trainer_cfg: DictConfig) -> torch.device:
     """The device this process trains on (data.loader=device keeps the dataset there)."""
     wants_gpu = trainer_cfg.accelerator in ("gpu", "cuda") or (trainer_cfg.accelerator == "auto"
@@ -156,8 +162,7 @@ def fit(cfg: DictConfig, run_dir: Path, resume: ResumeTarget | None = None,
     n_params = sum(p.numel() for p in module.parameters())
     logger.info(f"{cfg.name}: {module.rule.describe()} on {cfg.model.name} ({len(module.net.blocks)} blocks, "
                 f"{len(module.groups)} optimizers, {n_params / 1e6:.2f}M params incl. aux) -> {run_dir}")
-    identity = {"name": str(cfg.name), "method": str(cfg.method.name), "model": str(cfg.model.name),
-                "data": str(cfg.data.name), "seed": int(cfg.seed)}
+    identity = run_identity(cfg)
     module.run_identity = identity
     resumed = _prepare_resume(resume, datamodule, module, identity) if resume else None
     summary = SummaryCallback(run_dir / "summary.json", {**identity, "config_hash": config_hash(cfg)},
