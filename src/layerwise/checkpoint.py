@@ -78,8 +78,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except OSError as err:
+        except BaseException as err:  # a full disk, or a second Ctrl-C mid-write: no temp file stays behind
             tmp.unlink(missing_ok=True)
+            if not isinstance(err, OSError):
+                raise
             reason = err.strerror or type(err).__name__
             raise CheckpointWriteError(
                 f"could not write checkpoint {path}: {reason}; earlier checkpoints are intact. Free disk space "

@@ -4,7 +4,9 @@ The handler only records the signal. Before the next training batch starts, `Pre
 Lightning then calls every callback's `on_exception`, where this one writes `checkpoints/last.ckpt` (atomically,
 with the epoch position and RNG states, see `run_state`) and summary.json says `"status": "interrupted"`. The
 process exits with 128 + the signal number (130 for Ctrl-C, 138 for SIGUSR1, 143 for SIGTERM), like a shell.
-A second Ctrl-C stops at once (no checkpoint).
+A second Ctrl-C stops at once, mid-batch: the same path (summary `interrupted`, exit 130), but no new checkpoint,
+since a half-trained batch cannot be resumed exactly; `checkpoints/last.ckpt` stays the last epoch's. While the
+first Ctrl-C's checkpoint is being written, a second one waits for it (an interrupted write would lose it).
 
 Under submitit (hydra/launcher=submitit_slurm) submitit has its own requeue handler on its preemption signal
 (SIGUSR2 by default). That signal is caught here too, and after the checkpoint is written submitit's handler runs,
@@ -27,9 +29,9 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 class Interrupted(BaseException):
     """Raised between batches after a stop signal (a BaseException, so no `except Exception` swallows it)."""
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int, at_once: bool = False):
         super().__init__(signal.Signals(signum).name)
-        self.signum = signum
+        self.signum, self.at_once = signum, at_once
 
     @property
     def exit_code(self) -> int:
@@ -49,6 +51,7 @@ class Preemption(L.Callback):
         self.checkpoint_path = checkpoint_path
         self.received: int | None = None
         self.saved = False
+        self.stopping = False  # Interrupted raised: the checkpoint is being written
         self._previous: dict[int, object] = {}
         self._requeue = None
 
@@ -74,9 +77,14 @@ class Preemption(L.Callback):
 
     def _handle(self, signum: int, frame) -> None:
         if self.received is not None:
-            if signum == signal.SIGINT:  # a second Ctrl-C: stop now
-                raise KeyboardInterrupt
-            return
+            if signum != signal.SIGINT:
+                return
+            if self.stopping:
+                logger.warning("still writing the checkpoint; stopping as soon as it is written")
+                return
+            # A second Ctrl-C stops now. Interrupted, not KeyboardInterrupt: Lightning turns the latter into exit 1.
+            self.stopping = True
+            raise Interrupted(signum, at_once=True)
         self.received = signum
         logger.warning(f"received {signal.Signals(signum).name}: saving a checkpoint before the next batch, "
                        "then stopping (Ctrl-C again to stop at once)")
@@ -97,12 +105,13 @@ class Preemption(L.Callback):
         if trainer.world_size > 1:  # DDP: every process stops at the same batch, or the others wait forever
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         if stop:
+            self.stopping = True
             raise Interrupted(self.received or signal.SIGTERM)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):  # Lightning's own SIGTERM stop (e.g. from another rank)
             self.received = self.received or signal.SIGTERM
-        if not isinstance(exception, (Interrupted, SIGTERMException)):
+        if not isinstance(exception, (Interrupted, SIGTERMException)) or getattr(exception, "at_once", False):
             return
         trainer.save_checkpoint(self.checkpoint_path, weights_only=False)  # the full training state
         self.saved = True

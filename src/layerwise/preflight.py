@@ -10,7 +10,9 @@ import tempfile
 from pathlib import Path
 
 from layerwise.errors import ConfigError
+from layerwise.hydra_job import process_rank
 from layerwise.resume import default_output_root, hydra_run_dir_override, is_multirun_argv, override_value
+from layerwise.rundir import SAVE_CONFIG_ENV
 
 # Invocations that print something and run no job.
 NO_JOB_FLAGS = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--version", "--shell-completion", "-sc"}
@@ -23,6 +25,12 @@ def output_dir(args: list[str]) -> Path:
 
 def check_writable(directory: Path) -> None:
     try:
+        if directory.is_dir() and any(directory.iterdir()):
+            # A directory that holds something (a run to resume or to refuse) is not touched: even a test file
+            # would change it. os.access also reports a read-only file system (EROFS).
+            if not os.access(directory, os.W_OK | os.X_OK):
+                raise PermissionError(13, "Permission denied")
+            return
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".layerwise-write-test-"):
             pass
@@ -34,9 +42,17 @@ def check_writable(directory: Path) -> None:
 
 
 def prepare(args: list[str]) -> list[str]:
-    """Extra overrides for Hydra (the resumed run's directory); ConfigError for an unwritable output dir."""
+    """Extra overrides for Hydra (the resumed run's directory); ConfigError for an unwritable output dir.
+
+    A single run's `.hydra/` is written by the job once it may write into its run directory (see
+    layerwise.rundir): Hydra would otherwise write it into a completed run, a locked one, or one a refused
+    `resume=` names, before any check ran. Sweeps keep Hydra's own writing; an explicit hydra.output_subdir wins.
+    """
     if NO_JOB_FLAGS & {a.split("=", 1)[0] for a in args}:
         return []
     extra = hydra_run_dir_override(args)
     check_writable(Path(override_value(extra, "hydra.run.dir")) if extra else output_dir(args))
+    if not is_multirun_argv(args) and override_value(args, "hydra.output_subdir") is None and process_rank() == 0:
+        extra.append("hydra.output_subdir=null")
+        os.environ[SAVE_CONFIG_ENV] = "1"
     return extra

@@ -3,7 +3,8 @@
 `resume=` accepts a run directory (its `checkpoints/last.ckpt`), a `.ckpt` file, or `last` (the newest run
 directory under `paths.output_root` holding a `checkpoints/last.ckpt`). The run continues in that run
 directory (main.py points Hydra's `hydra.run.dir` there), so logs, metrics and summary.json stay in one place;
-the resuming command's Hydra config is saved in `.hydra/resume-<time>/`. A run directory whose summary.json
+the resuming command's Hydra config is saved in `.hydra/resume-<time>/` once the resume is accepted. A completed
+run is continued only with a higher `trainer.max_epochs` (it then grows in place). A run directory whose summary.json
 says `"status": "interrupted"` is resumed without `resume=` when a job is started in it again (a requeued
 Slurm/submitit job recomputes the same directory).
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,11 +60,16 @@ def resolve(value: str, output_root: Path) -> ResumeTarget:
     if not path.exists():
         raise ConfigError(f"resume={value}: no such run directory or checkpoint; {FIX}")
     if path.is_dir():
+        if path.name == CHECKPOINT.parent.name and (path / CHECKPOINT.name).is_file():
+            path = path.parent  # <run>/checkpoints stands for its run
         if not (path / CHECKPOINT).is_file():
             raise ConfigError(f"resume={value}: this directory has no {CHECKPOINT} (the run stopped before its "
                               f"first checkpoint, or it is not a run directory); {FIX}, or start without resume=")
         return ResumeTarget(path.resolve(), (path / CHECKPOINT).resolve())
     path = path.resolve()
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else cannot be a checkpoint
+        raise ConfigError(f"resume={value}: {path} is not a checkpoint (a torch checkpoint is a zip archive; this "
+                          f"file is not one: truncated, or another kind of file); {FIX}")
     return ResumeTarget(run_dir_of(path), path)
 
 
@@ -105,7 +111,6 @@ def hydra_run_dir_override(overrides: list[str]) -> list[str]:
     target = resolve(value, default_output_root(overrides))
     if override_value(overrides, "hydra.run.dir") is not None:
         return []
-    # Quoted: Hydra's grammar then takes any path. The resumed command's config goes next to the original one,
-    # which stays in .hydra/ (a failed resume must not overwrite the record of how the run was started).
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return [f"hydra.run.dir='{target.run_dir}'", f"hydra.output_subdir=.hydra/resume-{stamp}"]
+    # Quoted: Hydra's grammar then takes any path. Hydra writes no .hydra/ there (see preflight): the job saves the
+    # resuming command's config in .hydra/resume-<time>/ once the resume is accepted (rundir.save_job_config).
+    return [f"hydra.run.dir='{target.run_dir}'"]

@@ -45,6 +45,10 @@ class SummaryCallback(L.Callback):
 
     With a validation split (data.val_fraction > 0) the summary also has `val_acc`, `best_val_acc`, `val_loss`
     and `block_val_acc`. `extras`: callbacks with a `summary() -> dict` (the diagnostics), merged in at the end.
+
+    Everything that accumulates over a run (best accuracies, per-epoch throughputs, peak memory, wall time,
+    skipped batches) is part of the checkpoint (`state_dict`), so a resumed run's summary covers the whole run:
+    `wall_s` is the whole run's training time (all segments), `segment_wall_s` this process's part.
     """
 
     def __init__(self, path: Path, identity: dict, extras=()):
@@ -54,7 +58,32 @@ class SummaryCallback(L.Callback):
         self.best_val_acc: float | None = None
         self.imgs_per_sec: list[float] = []
         self.peak_activation_mb = 0.0
+        self.earlier_wall_s = 0.0  # the segments before a resume
+        self.earlier_skipped = 0
+        self.segments = 1
         self.data: dict = {}
+
+    def _skipped(self, pl_module) -> int | None:
+        guard = getattr(pl_module, "guard", None)
+        return None if guard is None else self.earlier_skipped + int(guard.skipped_total)
+
+    def state_dict(self) -> dict:
+        module = getattr(self, "_module", None)
+        return {"best_test_acc": self.best_test_acc, "best_val_acc": self.best_val_acc,
+                "imgs_per_sec": list(self.imgs_per_sec), "peak_activation_mb": self.peak_activation_mb,
+                "wall_s": self.earlier_wall_s + time.perf_counter() - self.t0, "segments": self.segments,
+                "skipped_batches": (self._skipped(module) if module is not None else None) or self.earlier_skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_test_acc, self.best_val_acc = state.get("best_test_acc"), state.get("best_val_acc")
+        self.imgs_per_sec = list(state.get("imgs_per_sec", []))
+        self.peak_activation_mb = float(state.get("peak_activation_mb", 0.0))
+        self.earlier_wall_s = float(state.get("wall_s", 0.0))
+        self.earlier_skipped = int(state.get("skipped_batches") or 0)
+        self.segments = int(state.get("segments", 1)) + 1
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._module = pl_module  # state_dict() reads the guard's count
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
@@ -82,11 +111,13 @@ class SummaryCallback(L.Callback):
                if _has_val_split(trainer) or "val/acc" in m else {}),
             "imgs_per_sec": mean_after_first(self.imgs_per_sec),
             "peak_activation_mb": round(self.peak_activation_mb, 3),
-            "wall_s": round(time.perf_counter() - self.t0, 2),
+            "wall_s": round(self.earlier_wall_s + time.perf_counter() - self.t0, 2),  # all segments of the run
+            "segment_wall_s": round(time.perf_counter() - self.t0, 2),  # this process (since its resume)
+            "segments": self.segments,
         }
-        guard = getattr(pl_module, "guard", None)
-        if guard is not None:  # batches skipped for a non-finite loss/gradient (trainer.nonfinite=skip)
-            self.data["skipped_batches"] = int(guard.skipped_total)
+        skipped = self._skipped(pl_module)
+        if skipped is not None:  # batches skipped for a non-finite loss/gradient (trainer.nonfinite=skip)
+            self.data["skipped_batches"] = skipped
         self.data.update(extra or {})
         for extra in self.extras:
             self.data.update(extra.summary())

@@ -35,6 +35,7 @@ class RootSchema:
     optimized_metric: Optional[str] = "test/acc"
     debug: bool = False
     resume: Optional[str] = None
+    overwrite: bool = False
     paths: PathsSchema = field(default_factory=PathsSchema)
     # The groups' schemas depend on the option in use; `_schema_for` fills them in.
     data: Any = MISSING
