@@ -29,6 +29,7 @@ MLP = ["model=mlp", "model.widths=[32,32]", "model.head_hidden=[]"]
 # The stop point is (epoch, batch): mid-epoch, or the first batch of the second epoch.
 CASES = {
     "bp": (["method=bp", *CNN], (1, 1)),
+    "bp_val_split": (["method=bp", *CNN, "data.val_fraction=0.25"], (1, 1)),  # best chosen on val/acc
     "dgl": (["method=dgl", *CNN], (0, 2)),
     "dni": (["method=dni", *CNN], (1, 0)),
     "predsim": (["method=predsim", *CNN], (1, 2)),
@@ -97,7 +98,15 @@ def test_interrupted_then_resumed_equals_uninterrupted(case, tmp_path):
     resumed = fit(cfg, interrupted, resolve(str(interrupted), tmp_path), Preemption(stop.checkpoint_path))
     assert resumed["status"] == "completed" and resumed["epochs_done"] == 2
     _assert_same(_training_state(straight), _training_state(interrupted))
-    assert resumed["test_acc"] == json.loads((straight / "summary.json").read_text())["test_acc"]
+    # The summary covers the whole run, not the part after the resume: best accuracies (test and val), epochs,
+    # skipped batches, peak memory; wall_s is both segments, segment_wall_s the resumed one.
+    whole = json.loads((straight / "summary.json").read_text())
+    timing = ("imgs_per_sec", "wall_s", "segment_wall_s", "segments")
+    assert {k: v for k, v in resumed.items() if k not in timing} == {k: v for k, v in whole.items() if k not in timing}
+    assert resumed["segments"] == 2 and resumed["wall_s"] > resumed["segment_wall_s"]
+    # best.ckpt is the same epoch's: ModelCheckpoint's best score survived the resume
+    best = [torch.load(d / "checkpoints" / "best.ckpt", weights_only=True) for d in (straight, interrupted)]
+    _assert_same(best[0]["state_dict"], best[1]["state_dict"], "best.ckpt")
 
 
 def test_resume_refuses_a_checkpoint_of_another_network(tmp_path):
@@ -244,7 +253,7 @@ BAD_RESUME = {
                                       "was written by another network or rule (3 tensors differ"),
     "checkpoint-other-rule": (lambda run, tmp: [f"resume={run}", "method=fa"],
                               "was written by another network or rule (method=bp (this run: fa)"),
-    "checkpoint-truncated": (lambda run, tmp: [f"resume={_truncated(run, tmp)}"], "is not a readable"),
+    "checkpoint-truncated": (lambda run, tmp: [f"resume={_truncated(run, tmp)}"], "is not a checkpoint"),
     "checkpoint-with-objects": (lambda run, tmp: [f"resume={_pickled_object(run, tmp)}"],
                                 "holds objects other than tensors (it needs argparse.Namespace)"),
 }
@@ -291,3 +300,27 @@ def test_rerun_sweep_in_its_dir_keeps_completed_jobs(tmp_path):
     kept, retrained = sorted(before)
     assert kept.stat().st_mtime_ns == before[kept] and retrained.stat().st_mtime_ns != before[retrained]
     assert json.loads((sweep / "1" / "summary.json").read_text())["seed"] == 3
+
+
+def test_summary_state_survives_a_resume():
+    """The issue's case: best 0.297 at epoch 2, a resume, 0.269 at epoch 3 -> best stays 0.297."""
+    from types import SimpleNamespace
+
+    from layerwise.summary import SummaryCallback
+
+    def epoch(callback, acc, val):
+        trainer = SimpleNamespace(sanity_checking=False,
+                                  callback_metrics={"test/acc": torch.tensor(acc), "val/acc": torch.tensor(val)})
+        callback.on_validation_epoch_end(trainer, None)
+
+    first = SummaryCallback(None, {})
+    epoch(first, 0.297, 0.31)
+    first.imgs_per_sec = [100.0, 200.0]
+    first.earlier_wall_s = 50.0
+    state = first.state_dict()
+    resumed = SummaryCallback(None, {})
+    resumed.load_state_dict(state)
+    epoch(resumed, 0.269, 0.25)
+    assert resumed.best_test_acc == pytest.approx(0.297) and resumed.best_val_acc == pytest.approx(0.31)
+    assert resumed.imgs_per_sec == [100.0, 200.0] and resumed.segments == 2
+    assert resumed.state_dict()["wall_s"] >= 50.0

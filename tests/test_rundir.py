@@ -203,7 +203,7 @@ def _wait_for(path, text, proc, timeout=180):
     raise AssertionError(f"{text!r} never appeared in {path}")
 
 
-LONG = ["data=synthetic", "data.n_train=4000", "data.n_test=32", "data.batch_size=16", "data.image_size=8",
+LONG = ["data=synthetic", "data.n_train=2000", "data.n_test=32", "data.batch_size=16", "data.image_size=8",
         "model=mlp", "model.widths=[32]", "model.head_hidden=[]", "trainer.accelerator=cpu",
         "trainer.max_epochs=3", "logger=csv", "trainer.progress_bar=false"]
 
@@ -236,6 +236,8 @@ def test_ctrl_c_twice_exits_130_like_once(tmp_path):
     proc = _popen([*LONG, f"hydra.run.dir={run}"], tmp_path)
     try:
         _wait_for(run / "run.log", "epoch 1/3", proc)
+        while not (run / "checkpoints" / "last.ckpt").is_file() and proc.poll() is None:
+            time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
         time.sleep(0.01)
         proc.send_signal(signal.SIGINT)
@@ -246,5 +248,29 @@ def test_ctrl_c_twice_exits_130_like_once(tmp_path):
     assert "Traceback" not in err and "Detected KeyboardInterrupt" not in err
     summary = read_summary(run)
     assert summary["status"] == "interrupted" and summary["signal"] == "SIGINT"
-    assert (run / "checkpoints" / "last.ckpt").is_file()  # the first epoch's, at least
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] >= 0  # intact
+    assert f"resume={run}" in summary["resume"]
     assert not list(run.rglob("*.tmp"))
+
+
+def test_second_ctrl_c_mid_batch_stops_as_interrupted_without_a_new_checkpoint(tmp_path):
+    """The second Ctrl-C lands mid-batch (here: right after one): Interrupted(at_once), not Lightning's
+    KeyboardInterrupt path (SystemExit 1); summary interrupted; no checkpoint of a half-trained state."""
+    from conftest import compose_cfg
+    from layerwise.preemption import Interrupted, Preemption
+    from layerwise.runlog import setup_console
+    from layerwise.train import fit
+
+    class CtrlCTwice(Preemption):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if batch_idx == 0:
+                self._handle(signal.SIGINT, None)
+                self._handle(signal.SIGINT, None)
+
+    setup_console("WARNING")
+    stop = CtrlCTwice(tmp_path / "checkpoints" / "last.ckpt")
+    with pytest.raises(Interrupted) as caught:
+        fit(compose_cfg(TINY_MLP), tmp_path, None, stop)
+    assert caught.value.at_once and caught.value.exit_code == 130
+    assert not stop.saved and not (tmp_path / "checkpoints" / "last.ckpt").exists()
+    assert read_summary(tmp_path)["status"] == "interrupted"
