@@ -57,9 +57,9 @@ class LayerwiseDDPStrategy(DDPStrategy):
     def set_world_ranks(self) -> None:
         super().set_world_ranks()
         # Before Lightning's first per-process line ("Initializing distributed: GLOBAL_RANK: 1"): processes
-        # started by torch.multiprocessing (ddp_spawn/ddp_fork) learn their rank only here.
-        if self.global_rank > 0:
-            setup_console(rank=self.global_rank)
+        # started by torch.multiprocessing (ddp_spawn/ddp_fork) learn their rank only here (and a spawned
+        # process 0 has no console of its own yet).
+        setup_console(rank=self.global_rank)
         for name in PROCESS_ZERO_METRICS:
             warnings.filterwarnings("ignore", message=rf".*self\.log\('{name}', \.\.\., sync_dist=True\)")
 
