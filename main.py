@@ -9,7 +9,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from layerwise.cli import translate_argv
+from layerwise.cli import register_help_resolvers, translate_argv
 from layerwise import preflight
 from layerwise.errors import ConfigError
 
@@ -29,4 +29,5 @@ if __name__ == "__main__":
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     sys.argv = [sys.argv[0], *args]
+    register_help_resolvers()  # for --help (conf/hydra/help/layerwise.yaml)
     hydra_main()

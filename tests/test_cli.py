@@ -139,3 +139,18 @@ def test_legacy_feedback_alignment_flag_runs_end_to_end(tmp_path):
     assert "legacy flags -> overrides: method=sign_symmetry" in res.stderr
     (run,) = run_dirs(tmp_path)
     assert read_summary(run)["method"] == "sign_symmetry"
+
+
+def test_help_lists_choices_and_legacy_flags_without_importing_torch(tmp_path):
+    from layerwise.cli import SWITCH_FLAGS, VALUE_FLAGS
+
+    res = run_cli(["--help"], tmp_path, env={"PYTHONPROFILEIMPORTTIME": "1"}, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    groups = res.stdout.split("== Configuration groups ==")[1].split("==")[0]
+    assert "method: bp, cdni, dfa, dgl" in groups and "trainer: ddp, default" in groups
+    assert "shared" not in groups  # conf/shared: pieces other configs include, not a choice
+    assert "--epochs <value>" in res.stdout and "trainer.max_epochs=<value>" in res.stdout
+    for flag in [*SWITCH_FLAGS, *VALUE_FLAGS]:
+        assert f"\n{flag} " in res.stdout, flag
+    imported = {line.rsplit("|", 1)[-1].strip() for line in res.stderr.splitlines() if line.startswith("import time")}
+    assert "hydra" in imported and not {"torch", "lightning"} & imported

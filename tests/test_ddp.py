@@ -143,3 +143,36 @@ def test_strategy_choice():
     assert compose_cfg(["trainer=ddp"]).trainer.sync_batchnorm is True
     assert use_sync_batchnorm(compose_cfg(["trainer=ddp", "trainer.accelerator=cpu"]).trainer) is False
     assert use_sync_batchnorm(compose_cfg(["trainer=ddp", "trainer.accelerator=gpu"]).trainer) is True
+
+
+def test_only_process_zero_talks(tmp_path):
+    """trainer=ddp as the README runs it (Lightning re-runs the command for process 1): every line once, from
+    process 0, and no Lightning advice about sync_dist for values that are process 0's own by design."""
+    from conftest import TINY, read_summary, run_cli, run_dirs
+
+    res = run_cli([*TINY, "trainer=ddp", "trainer.devices=2", "trainer.sync_batchnorm=false", "method=dgl",
+                   "model=mlp", "model.widths=[32,32]", "model.head_hidden=[]", "data.batch_size=32"], tmp_path,
+                  timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (run,) = run_dirs(tmp_path)
+    assert read_summary(run)["status"] == "completed"
+    err = res.stderr
+    for line in ("data synthetic: 192 train / 64 test", f"-> {run}", "epoch 1/1", "completed after 1 epochs"):
+        assert err.count(line) == 1, f"{line!r} appears {err.count(line)} times:\n{err}"
+    assert "GLOBAL_RANK: 1" not in err  # process 1's own Lightning info line
+    assert "sync_dist" not in err and "site-packages" not in err, err
+    assert res.stdout.count("run summary") == 1
+
+
+def test_other_processes_print_only_their_errors(tmp_path):
+    """A process of rank > 0 stays quiet but for its own errors, which name the rank."""
+    import subprocess
+    import sys
+
+    code = ("from loguru import logger; from layerwise.runlog import setup_console; import warnings\n"
+            "setup_console(rank=1); logger.info('chatter'); logger.warning('advice'); warnings.warn('lib advice')\n"
+            "logger.error('boom')")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "[rank 1] boom" in res.stderr
+    assert "chatter" not in res.stderr and "advice" not in res.stderr

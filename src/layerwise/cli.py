@@ -3,6 +3,7 @@
 `python main.py --dgl --device cuda:0 --epochs 100` becomes
 `python main.py method=dgl trainer.accelerator=gpu trainer.devices=[0] trainer.max_epochs=100`;
 the translation is printed so users learn the override syntax. Hydra's own flags pass through.
+`python main.py --help` lists the config groups and these flags (conf/hydra/help/layerwise.yaml, resolvers below).
 """
 from __future__ import annotations
 
@@ -101,6 +102,15 @@ SWITCH_FLAGS: dict[str, list[str]] = {
     "--enable_gaussian_normalization": ["data.normalize=gaussian"],
 }
 
+# What `--help` shows for the value flags that are not a plain `key=<value>`.
+VALUE_HELP = {
+    "--model": "model=<name>  (VGG16 -> vgg16, BasicCNN -> basic_cnn)",
+    "--device": "cpu -> trainer.accelerator=cpu trainer.devices=1; cuda[:N] -> trainer.accelerator=gpu trainer.devices=[N]",
+}
+# Config groups that are building blocks other configs include (conf/shared: keys every data/model/optimizer
+# config shares), not something to choose on the command line; `--help` leaves them out.
+HIDDEN_GROUPS = ("shared",)
+
 # Hydra's own flags: those taking a value, and switches.
 HYDRA_VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--package", "-p",
                      "--experimental-rerun", "--shell-completion", "-sc"}
@@ -191,3 +201,44 @@ def translate_argv(argv: list[str]) -> list[str]:
     if produced:
         print(f"legacy flags -> overrides: {' '.join(produced)}", file=sys.stderr)
     return new_argv
+
+
+def legacy_flags_help() -> str:
+    """The legacy flags and the overrides they become, one per line (for `--help`)."""
+    rows = [(flag, " ".join(overrides)) for flag, overrides in SWITCH_FLAGS.items()]
+    rows += [(f"{flag} <value>", VALUE_HELP.get(flag) or " ".join(to_overrides("<value>")))
+             for flag, to_overrides in VALUE_FLAGS.items()]
+    width = max(len(flag) for flag, _ in rows)
+    return "\n".join(f"{flag:<{width}}  {overrides}" for flag, overrides in rows)
+
+
+def config_groups_help() -> str:
+    """`group: option, ...` for every config group one chooses from: Hydra's own listing less HIDDEN_GROUPS."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    loader = GlobalHydra.instance().config_loader()
+    lines: list[str] = []
+
+    def add(parent: str) -> None:
+        for name in sorted(loader.list_groups(parent)):
+            group = f"{parent}/{name}" if parent else name
+            if group == "hydra" or group in HIDDEN_GROUPS:
+                continue
+            options = sorted(loader.get_group_options(group))
+            if options:
+                lines.append(f"{group}: {', '.join(options)}")
+            add(group)
+
+    add("")
+    return "\n".join(lines)
+
+
+HELP_SECTIONS: dict[str, Callable[[], str]] = {"groups": config_groups_help, "legacy_flags": legacy_flags_help}
+
+
+def register_help_resolvers() -> None:
+    """`${layerwise_help:groups}` and `${layerwise_help:legacy_flags}`, which conf/hydra/help/layerwise.yaml uses."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("layerwise_help"):
+        OmegaConf.register_new_resolver("layerwise_help", lambda section: HELP_SECTIONS[section]())

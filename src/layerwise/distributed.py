@@ -19,9 +19,14 @@ and a group steps with the average over processes of the gradient it would have 
 split evenly over processes, the same update as one process on the whole batch (up to float summation order).
 The same all-reduce carries the stage losses the non-finite guard checks at that point, so a NaN on one rank
 makes every rank stop (or skip) at the same step instead of leaving the others waiting in the next collective.
+
+Only process 0 talks: as soon as a process knows its rank, any other process's console shows its own errors
+only (`layerwise.runlog.setup_console`); a process Lightning starts by re-running the command knows it from the
+environment before it logs anything.
 """
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from typing import Any, Sequence
 
@@ -33,15 +38,30 @@ from torch.nn.parallel import DistributedDataParallel
 
 from layerwise.errors import ConfigError
 from layerwise.guard import NonFiniteGuard
+from layerwise.runlog import setup_console
 
 #: trainer.strategy values and the process start method each means (Lightning's names).
 START_METHODS = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_fork": "fork", "ddp_notebook": "fork"}
+#: Epoch values that are process 0's own measurement by design (README, "What is synced"; summary.json reads the
+#: same values from process 0). Lightning recommends sync_dist=True for every epoch-level value under DDP, but
+#: averaging these would report a blend of processes' throughput and memory as process 0's, so its warning does
+#: not apply to them. (train/lr and train/skipped_batches, equal on every process, are logged with sync_dist.)
+PROCESS_ZERO_METRICS = ("train/imgs_per_sec", "train/peak_activation_mb")
 
 
 class LayerwiseDDPStrategy(DDPStrategy):
     """DDP whose reducer never runs: layerwise averages each group's gradients itself (`sync_step_point`)."""
 
     strategy_name = "layerwise_ddp"
+
+    def set_world_ranks(self) -> None:
+        super().set_world_ranks()
+        # Before Lightning's first per-process line ("Initializing distributed: GLOBAL_RANK: 1"): processes
+        # started by torch.multiprocessing (ddp_spawn/ddp_fork) learn their rank only here (and a spawned
+        # process 0 has no console of its own yet).
+        setup_console(rank=self.global_rank)
+        for name in PROCESS_ZERO_METRICS:
+            warnings.filterwarnings("ignore", message=rf".*self\.log\('{name}', \.\.\., sync_dist=True\)")
 
     def training_step(self, *args: Any, **kwargs: Any):
         model = self.model

@@ -222,12 +222,14 @@ class LayerwiseModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch_values()  # normally done in the last batch; here when its length was unknown
-        self.log_dict({  # the lr this epoch trained with, before the schedulers step
+        self.log_dict({  # process 0's own under DDP (layerwise.distributed.PROCESS_ZERO_METRICS)
             "train/imgs_per_sec": self.imgs_per_sec,
             "train/peak_activation_mb": self.meter.peak_mb,
+        })
+        self.log_dict({  # the lr this epoch trained with, before the schedulers step; equal on every process
             "train/lr": self._optimizer_list()[0].param_groups[0]["lr"],
             "train/skipped_batches": float(self.guard.skipped_epoch),
-        })
+        }, sync_dist=True)
         self.guard.end_epoch()
         self._catch_up_schedulers(self.current_epoch + 1)
 

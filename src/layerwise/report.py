@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from layerwise.hydra_job import process_rank
+from layerwise.runlog import use_color
 
 
 def _pct(v) -> str:
@@ -48,9 +49,10 @@ def runs_table(rows: list[dict], title: str = "layerwise runs") -> Table:
 
 def print_runs(rows: list[dict], title: str) -> None:
     if rows:
-        console = Console()
+        color_system = "auto" if use_color(sys.stdout) else None  # the console log's rule: no codes in a pipe
+        console = Console(color_system=color_system)
         if not console.is_terminal:
-            console = Console(width=180)  # logs and CI: do not wrap the table at 80 columns
+            console = Console(width=180, color_system=color_system)  # logs and CI: no wrapping at 80 columns
         console.print(runs_table(rows, title))
 
 

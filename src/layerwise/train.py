@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from loguru import logger
 from omegaconf import DictConfig, OmegaConf
@@ -29,6 +29,7 @@ from layerwise.methods import build_rule
 from layerwise.models import build_network
 from layerwise.module import LayerwiseModule
 from layerwise.preemption import Interrupted, Preemption
+from layerwise.progress import EpochProgressBar
 from layerwise.resume import MULTIRUN_FIX, ResumeTarget, interrupted_run, read_summary, resolve
 from layerwise.run_state import KEY, check_compatible, group_layout
 from layerwise.rundir import (DeferredRunLog, RunDirLock, clear_run, describe, holds_run,
@@ -82,7 +83,7 @@ def _progress_callbacks(cfg: DictConfig) -> list:
     show = cfg.trainer.progress_bar
     if show == "auto":
         show = sys.stderr.isatty()
-    return [RichProgressBar(leave=False)] if show else []
+    return [EpochProgressBar()] if show else []
 
 
 def _limit(value):

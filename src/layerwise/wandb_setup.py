@@ -55,6 +55,13 @@ class SafeWandbLogger(WandbLogger):
 
     _broken = False
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Lightning passes anonymous=None to wandb.init when anonymous logging is off; wandb >= 0.19 warns about
+        # any value it is given ("The anonymous setting has no effect"). Not passing it is the same setting.
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)
+
     def _safely(self, what: str, fn, *args, **kwargs):
         if self._broken:
             return None

@@ -95,8 +95,6 @@ class DirectFeedbackAlignment(LearningRule):
     def setup(self, net: Network, example: torch.Tensor, num_classes: int) -> None:
         self.moved = split_head(net)  # before the base setup, which counts the blocks
         super().setup(net, example, num_classes)
-        if self.moved:
-            logger.info(f"dfa: moved {self.moved} hidden head layer(s) into blocks; the head is the last Linear")
         if self.injection == "post" and any(isinstance(m, (Sign, Step)) for m in net.blocks.modules()):
             logger.warning("dfa: method.injection=post backpropagates B·e through zero-derivative activations "
                            "(sign/step), so the blocks cannot learn; use method.injection=pre")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-from loguru import logger
 from torch import nn
 
 from layerwise.errors import ConfigError
@@ -41,8 +40,8 @@ class FeedbackAlignment(LearningRule):
     def setup(self, net: Network, example, num_classes: int) -> None:
         super().setup(net, example, num_classes)
         keep = (last_linear(net.head),) if self.exact_last else ()
+        # Converted once per run; said once, in the run's start line (describe), not here as well.
         self.converted = convert_layers(net, self.make_feedback, keep)
-        logger.info(f"{self.name}: {self._conversion()}")
 
     def _conversion(self) -> str:
         kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(self.converted.items()))
