@@ -33,7 +33,9 @@ class AuxSchema:
     cnn_layers: int = 1
 
     def __post_init__(self) -> None:
-        one_of(self, "type", ("mlp", "cnn"))
+        from layerwise.methods.dgl import AUX_TYPES
+
+        one_of(self, "type", AUX_TYPES)
         in_range(self, "hidden_dim", 1, example=256)
         in_range(self, "n_hidden_layers", 0, example=1)
         in_range(self, "pool_size", 1, example=2)
@@ -113,13 +115,23 @@ class DniSchema(RuleSchema):
 class FeedbackSchema:
     PATH: ClassVar[str] = "method.feedback"
     init: str = "default"
-    scale: Optional[float] = 1.0
+    scale: Any = 1.0               # a number > 0 | null; sign_symmetry usf also rms | init_std (checked per rule)
 
     def __post_init__(self) -> None:
         from layerwise.feedback import INITS
 
         one_of(self, "init", INITS)
-        in_range(self, "scale", 0, low_open=True, example=1.0)
+
+
+@dataclass
+class DfaFeedbackSchema(FeedbackSchema):
+    shape: str = "dense"
+
+    def __post_init__(self) -> None:
+        from layerwise.methods.dfa import FEEDBACK_SHAPES
+
+        super().__post_init__()
+        one_of(self, "shape", FEEDBACK_SHAPES)
 
 
 @dataclass
@@ -127,29 +139,36 @@ class FaSchema(RuleSchema):
     feedback: FeedbackSchema = field(default_factory=FeedbackSchema)
     exact_last: bool = False
 
+    def __post_init__(self) -> None:
+        from layerwise.feedback import check_scale
+
+        check_scale(self.feedback.scale, "fa")
+
 
 @dataclass
 class SignSymmetrySchema(FaSchema):
     variant: str = "usf"
 
     def __post_init__(self) -> None:
+        from layerwise.feedback import check_scale
         from layerwise.methods.sign_symmetry import VARIANTS
 
         one_of(self, "variant", VARIANTS)
+        check_scale(self.feedback.scale, "sign_symmetry", self.variant)
 
 
 @dataclass
 class DfaSchema(RuleSchema):
     injection: str = "post"
-    feedback: FeedbackSchema = field(default_factory=lambda: FeedbackSchema(scale=0.3))
+    feedback: DfaFeedbackSchema = field(default_factory=lambda: DfaFeedbackSchema(scale=0.3))
 
     def __post_init__(self) -> None:
-        from layerwise.methods.dfa import INJECTIONS
+        from layerwise.feedback import check_scale
+        from layerwise.methods.dfa import INJECTIONS, check_shape
 
         one_of(self, "injection", INJECTIONS)
-        if self.feedback.scale is None:  # fa/sign_symmetry read null as 'W's own scale'; dfa has no W to read
-            raise ConfigError("method.feedback.scale=null has no meaning for method=dfa; give a number > 0, "
-                              "e.g. method.feedback.scale=0.3")
+        check_scale(self.feedback.scale, "dfa")
+        check_shape(self.feedback.shape, self.injection)
 
 
 @dataclass
