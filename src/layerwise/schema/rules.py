@@ -185,6 +185,7 @@ class InfoProSchema(RuleSchema):
     num_modules: Optional[int] = None
     split: Optional[List[int]] = None
     recon_loss: str = "bce"
+    recon_target: str = "image"
     label_loss: str = "ce"
     recon_weight: List[float] = field(default_factory=lambda: [5.0, 0.5])
     pred_weight: List[float] = field(default_factory=lambda: [1.0, 1.0])
@@ -194,15 +195,14 @@ class InfoProSchema(RuleSchema):
     aux: AuxSchema = field(default_factory=AuxSchema)
 
     def __post_init__(self) -> None:
-        from layerwise.methods.infopro import LABEL_LOSSES, RECON_LOSSES
+        from layerwise.methods.infopro import LABEL_LOSSES, RECON_LOSSES, check_recon, check_weights
 
         one_of(self, "recon_loss", RECON_LOSSES)
+        check_recon(self.recon_loss, self.recon_target)
         one_of(self, "label_loss", LABEL_LOSSES)
         items_in_range(self, "recon_weight", 0, length=2, example="[5.0,0.5]")
         items_in_range(self, "pred_weight", 0, length=2, example="[1.0,1.0]")
-        if any(r == 0 and p == 0 for r, p in zip(self.recon_weight, self.pred_weight)):
-            raise ConfigError("method.recon_weight and method.pred_weight are both 0 at the same end, leaving "
-                              "a module with no loss; make one of them positive")
+        check_weights(self.recon_weight[:1], self.pred_weight[:1])  # the end pair: per module, in setup
         if self.num_modules is not None and self.split is not None:
             raise ConfigError("method.num_modules and method.split both set; set one of them (the other to null)")
         in_range(self, "num_modules", 2, example=2)
