@@ -170,3 +170,81 @@ def test_post_injection_gives_sign_units_no_gradient_and_pre_does():
         one_backward(net, rule, x, y)
         grads[injection] = net.blocks[0][1].weight.grad
     assert torch.count_nonzero(grads["post"]) == 0 and torch.count_nonzero(grads["pre"]) > 0
+
+
+# ----------------------------------------------------------------------------- biotorch's conv-shared form
+def _conv_shared_by_hand(e, b, in_hw, stride, padding, out_hw):
+    """delta[n,c,y,x] = Σ_k e[n,k] Σ_{u,v} B[k,c,u,v] over the kernel taps (u,v) by which input (y,x) reaches an
+    output position (oy,ox) = ((y+p-u)/s, (x+p-v)/s) inside the output map: e broadcast over the map, sent
+    back through the kernel."""
+    n, classes = e.shape
+    _, channels, kh, kw = b.shape
+    delta = torch.zeros(n, channels, *in_hw, dtype=torch.float64)
+    for y in range(in_hw[0]):
+        for x in range(in_hw[1]):
+            for u in range(kh):
+                for v in range(kw):
+                    oy, ox = y + padding - u, x + padding - v
+                    if oy % stride or ox % stride:
+                        continue
+                    oy, ox = oy // stride, ox // stride
+                    if 0 <= oy < out_hw[0] and 0 <= ox < out_hw[1]:
+                        delta[:, :, y, x] += e.double() @ b[:, :, u, v].double()
+    return delta.float()
+
+
+@pytest.mark.parametrize("stride, padding", [(1, 1), (2, 0), (2, 2)])
+def test_conv_shared_feedback_is_the_kernel_applied_to_the_broadcast_error(stride, padding):
+    from layerwise.methods.dfa import conv_geometry, conv_shared_feedback
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3, stride=stride, padding=padding)
+    shape = torch.Size((3, 7, 7))
+    geometry = conv_geometry(conv, shape, 0)
+    assert geometry.out_size == tuple(conv(torch.zeros(1, *shape)).shape[2:])
+    e, b = torch.randn(2, 5), torch.randn(5, 3, 3, 3)
+    got = conv_shared_feedback(e, b, torch.Size((2, *shape)), geometry)
+    torch.testing.assert_close(got, _conv_shared_by_hand(e, b, (7, 7), stride, padding, geometry.out_size))
+
+
+def test_conv_shared_block_gets_the_shared_kernel_feedback_and_learns_from_it():
+    """biotorch's DFA (xavier, scale 1): block 0 feeds a 3x3 conv, so B_0 is (classes, 4, 3, 3) and its output
+    gradient is B_0 e spread by that conv's geometry; interior positions all get e·ΣB (spatially shared).
+    Block 1 feeds the head's Linear through a flatten: dense, as in biotorch."""
+    _, net, rule, x, y = make([*CNN, "method.feedback.shape=conv_shared", "method.feedback.init=xavier_uniform",
+                               "method.feedback.scale=1.0"], spec=InputSpec(3, 8, 5))
+    assert rule.feedback(0).shape == (5, 4, 3, 3) and rule.feedback(1).shape == (5, 6, 2, 2)
+    assert rule.geometry[0].out_size == (4, 4) and rule.geometry[1] is None
+    assert "1 conv-shared" in rule.describe()
+    seen, grads = {}, {}
+    for i, block in enumerate(net.blocks):
+        def keep(module, args, out, i=i):
+            seen[i] = out
+            out.register_hook(lambda g: grads.__setitem__(i, g))
+        block.register_forward_hook(keep)
+    one_backward(net, rule, x, y)
+    logits = net.head(seen[2].detach())
+    e = (logits.softmax(-1) - F.one_hot(y, 5)) / len(y)
+    torch.testing.assert_close(grads[0], _conv_shared_by_hand(e, rule.feedback(0), (4, 4), 1, 1, (4, 4)))
+    torch.testing.assert_close(grads[0][:, :, 1:3, 1:3],
+                               (e @ rule.feedback(0).sum((2, 3)))[:, :, None, None].expand(-1, -1, 2, 2))
+    torch.testing.assert_close(grads[1], (e @ rule.feedback(1).flatten(1)).view_as(seen[1]))
+
+
+def test_dense_xavier_feedback_counts_fans_of_the_classes_x_size_matrix():
+    """biotorch's dense B is a (classes, size) xavier matrix: std sqrt(2/(size+classes)), not a 4-d tensor's."""
+    _, net, rule, x, y = make(["model=mlp", "model.widths=[400]", "model.head_hidden=[]",
+                               "method.feedback.init=xavier_uniform", "method.feedback.scale=1.0"])
+    assert rule.feedback(0).std().item() == pytest.approx((2 / (400 + 5)) ** 0.5, rel=0.05)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["method.feedback.shape=conv_shared", "method.injection=pre"], "use method.injection=post"),
+    (["method.feedback.shape=tied"], "method.feedback.shape='tied' is not known"),
+    (["method.feedback.scale=init_std"], "sign_symmetry method.variant=usf only"),
+])
+def test_bad_feedback_forms_are_refused_before_data(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        check_config(compose_cfg(["method=dfa", *overrides]))
+    with pytest.raises(ConfigError, match=message):
+        build_rule(compose_cfg(["method=dfa", *overrides]).method)

@@ -85,3 +85,43 @@ def test_random_features_trains_only_the_head():
 def test_first_trainable_block_out_of_range_is_refused(value):
     with pytest.raises(ConfigError, match="first_trainable_block"):
         make("dgl", [f"method.first_trainable_block={value}"])
+
+
+# ----------------------------------------------------------------------------- Belilovsky et al.'s aux heads
+def _layers(head):
+    return [(type(m).__name__, tuple(getattr(m, "weight").shape) if hasattr(m, "weight") and m.weight is not None
+             else None) for m in head if not isinstance(m, nn.Sequential)]
+
+
+@pytest.mark.parametrize("sr", [False, True])
+def test_dgl_paper_head_pools_to_2x2_then_three_bn_layers_of_width_4c(sr):
+    from layerwise.methods.dgl import build_aux_head
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"type": "dgl_paper_sr" if sr else "dgl_paper", "hidden_dim": 256, "n_hidden_layers": 1,
+                            "pool_size": None, "cnn_channels": 128, "cnn_layers": 1})
+    head = build_aux_head(torch.Size((8, 16, 16)), 10, cfg)
+    assert isinstance(head[0], nn.AdaptiveAvgPool2d) and head[0].output_size == (4, 4)  # ceil(16/4)
+    sr_layers = [("Conv2d", (8, 8, 1, 1)), ("BatchNorm2d", (8,)), ("ReLU", None)] * 3 if sr else []
+    mlp = [("Linear", (32, 32)), ("BatchNorm1d", (32,)), ("ReLU", None)] * 3  # 4C = 32
+    assert _layers(head)[1:] == [*sr_layers, ("AdaptiveAvgPool2d", None), ("Flatten", None), *mlp,
+                                 ("Linear", (10, 32))]
+    assert all(m.bias is None for m in head if isinstance(m, nn.Conv2d))
+    x = torch.randn(6, 8, 16, 16)
+    assert head(x).shape == (6, 10)
+    if not sr:  # the two pools average the map into 2x2 quadrants
+        pooled = x.view(6, 8, 2, 8, 2, 8).mean((3, 5)).flatten(1)
+        torch.testing.assert_close(head[3](pooled), head[3](head[2](head[1](head[0](x)))))
+
+
+def test_dgl_paper_aux_type_builds_through_the_rule_and_refuses_flat_blocks():
+    from layerwise.methods.dgl import build_aux_head
+
+    _, module, x, y = make("dgl", ["method.aux.type=dgl_paper"])
+    rule = module.rule
+    assert "aux dgl_paper" in rule.describe()
+    assert [head[-1].in_features for head in rule.aux.values()] == [4 * 4, 4 * 6]  # blocks of 4 and 6 channels
+    h = module.net.blocks[0](x)
+    assert rule.block_signal(0, h, y).logits.shape == (len(x), 5)
+    with pytest.raises(ConfigError, match="method.aux.type=dgl_paper needs conv blocks"):
+        build_aux_head(torch.Size((32,)), 5, rule.cfg.aux)

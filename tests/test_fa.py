@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import DIGITS, DIGITS_MLP, compose_cfg, fit_cfg
+from layerwise.checks import check_config
 from layerwise.errors import ConfigError
 from layerwise.feedback import (FeedbackConv2d, FeedbackLinear, FixedFeedback, SignMagnitudeFeedback,
                                 convert_layers, exact_gradients, last_linear)
@@ -182,3 +183,50 @@ def test_bad_options_name_the_fix(overrides, match):
 def test_learns_digits(method, data, tmp_path):
     summary = fit_cfg([*data, f"method={method}"], tmp_path)
     assert summary["test_acc"] > 0.6, summary  # chance is 0.10
+
+
+# ----------------------------------------------------------------------------- biotorch's uSF scale
+@pytest.mark.parametrize("init, formula", [
+    ("default", lambda fi, fo: 1 / (3 * fi) ** 0.5),
+    ("kaiming_uniform", lambda fi, fo: (2 / fi) ** 0.5),
+    ("kaiming_normal", lambda fi, fo: (2 / fi) ** 0.5),
+    ("xavier_uniform", lambda fi, fo: (2 / (fi + fo)) ** 0.5),
+    ("xavier_normal", lambda fi, fo: (2 / (fi + fo)) ** 0.5),
+])
+def test_init_std_is_the_schemes_std(init, formula):
+    from layerwise.feedback import init_std, random_feedback
+
+    shape = (64, 32, 3, 3)  # fan_in 288, fan_out 576
+    assert init_std(shape, init) == pytest.approx(formula(288, 576))
+    drawn = random_feedback(shape, init, generator=torch.Generator().manual_seed(0))
+    assert drawn.std().item() == pytest.approx(init_std(shape, init), rel=0.03)
+    assert init_std((40, 10), "orthogonal") == pytest.approx(1 / 40 ** 0.5)  # orthonormal columns: 10/(40·10)
+
+
+def test_usf_init_std_is_sign_of_w_times_the_fixed_init_std():
+    """biotorch's uSF: B = sign(W)·sqrt(2/(fan_in+fan_out)) with xavier init, fixed while W's magnitude moves."""
+    net, rule, layers = _sign_rule("usf", "init_std")
+    rule2 = build_rule(compose_cfg(["method=sign_symmetry", "method.feedback.scale=init_std",
+                                    "method.feedback.init=xavier_uniform"]).method)
+    conv0 = layers[0]  # Conv2d(3, 4, 3x3): fan_in 27, fan_out 36
+    torch.testing.assert_close(conv0.feedback_weight(), torch.sign(conv0.weight.detach()) / (3 * 27) ** 0.5)
+    with torch.no_grad():
+        conv0.weight.mul_(10)
+    torch.testing.assert_close(conv0.feedback_weight(), torch.sign(conv0.weight.detach()) / (3 * 27) ** 0.5)
+    net2, _, _ = _rule_on_basic_cnn("sign_symmetry", [])
+    rule2.setup(net2, torch.randn(2, 3, 8, 8), 5)
+    conv0 = next(m for m in net2.modules() if isinstance(m, FeedbackConv2d))
+    torch.testing.assert_close(conv0.feedback_weight(), torch.sign(conv0.weight.detach()) * (2 / (27 + 36)) ** 0.5)
+    assert "scale init_std" in rule2.describe()
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["method=fa", "method.feedback.scale=init_std"], "scale of method=sign_symmetry method.variant=usf only"),
+    (["method=sign_symmetry", "method.variant=brsf", "method.feedback.scale=rms"], "usf only"),
+    (["method=sign_symmetry", "method.feedback.scale=big"], "must be a number > 0 or rms | init_std"),
+])
+def test_scale_words_belong_to_usf(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        build_rule(compose_cfg(overrides).method)
+    with pytest.raises(ConfigError, match=match):
+        check_config(compose_cfg(overrides))

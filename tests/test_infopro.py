@@ -71,13 +71,14 @@ def test_supcon_matches_a_hand_computation():
 def test_one_step_of_each_module_equals_its_local_loss_gradient():
     lr = 0.1
     module, x, y = make(SGD)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    module.rule.set_input_normalization("gaussian", mean, std)
     ref_net, ref_rule = copy.deepcopy(module.net), copy.deepcopy(module.rule)
     n = len(ref_net.blocks)
     assert n == 3 and ref_rule.recon_weights == [5.0, 0.5] and ref_rule.pred_weights == [1.0, 1.0]
 
-    flat = x.flatten(2)
-    target = ((flat - flat.min(2, keepdim=True).values)
-              / (flat.max(2, keepdim=True).values - flat.min(2, keepdim=True).values)).view_as(x)
+    # The paper's target: the raw image, the data's (x - mean) / std undone, not rescaled per image.
+    target = x * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
     expected = {}
     h = x
     for i, block in enumerate(ref_net.blocks):
@@ -85,7 +86,8 @@ def test_one_step_of_each_module_equals_its_local_loss_gradient():
         if i < n - 1:
             dec, aux = ref_rule.decoders[i], ref_rule.label_heads[i]
             up = F.interpolate(out, size=(8, 8), mode="bilinear", align_corners=True)
-            recon = F.binary_cross_entropy(torch.sigmoid(dec.net(up)), target)
+            p = torch.sigmoid(dec.net(up))
+            recon = -(target * torch.log(p) + (1 - target) * torch.log(1 - p)).mean()  # sigmoid + BCE
             loss = ref_rule.recon_weights[i] * recon + ref_rule.pred_weights[i] * F.cross_entropy(aux(out), y)
             params = [*block.parameters(), *dec.parameters(), *aux.parameters()]
         else:
@@ -139,7 +141,10 @@ def test_regroup_keeps_the_layers_and_state_dict_keys():
     (["method.recon_loss=l1"], "recon_loss='l1' is not known"),
     (["method.label_loss=nce"], "label_loss='nce' is not known"),
     (["method.recon_weight=[1.0,-1.0]"], "negative weight"),
-    (["method.recon_weight=[0,1]", "method.pred_weight=[0,1]"], "both 0"),
+    (["method.recon_weight=[0,1]", "method.pred_weight=[0,1]"], "both weights 0"),
+    (["method.recon_weight=[1,0]", "method.pred_weight=[1,0]"], "both weights 0"),  # 2 local modules: the end counts
+    (["method.recon_target=pixels"], "recon_target='pixels' is not known"),
+    (["method.recon_target=input"], "use method.recon_target=image"),
     (["method.pred_weight=[1.0]"], r"\[start, end\] pair"),
     (["method.pred_weight=1.0"], r"\[start, end\] pair"),
     (["method.num_modules=2", "method.split=[2,1]"], "set one of them"),
@@ -166,3 +171,66 @@ def test_infopro_learns_digits(tmp_path):
 def test_variants_train(tmp_path, extra):
     summary = fit_cfg([*TINY, "method=infopro", *extra], tmp_path / "run")
     assert summary["status"] == "completed" and summary["test_acc"] is not None
+
+
+# ----------------------------------------------------------------------------- the paper's target, head, lambdas
+@pytest.mark.parametrize("normalize, mean, std", [("gaussian", (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)),
+                                                  ("minus_one_one", (0.3,) * 3, (0.2,) * 3),
+                                                  ("none", (0.3,) * 3, (0.2,) * 3)])
+def test_recon_target_image_undoes_the_data_normalisation(normalize, mean, std):
+    from layerwise.methods.infopro import pixel_affine
+
+    raw = torch.rand(4, 3, 5, 5)
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    x = {"gaussian": (raw - m) / s, "minus_one_one": (raw - 0.5) / 0.5, "none": raw}[normalize]
+    module, _, _ = make()
+    module.rule.set_input_normalization(normalize, mean, std)
+    torch.testing.assert_close(module.rule.recon_target_of(x), raw)
+    scale, shift = pixel_affine(normalize, mean, std)
+    torch.testing.assert_close(x * scale.view(1, 3, 1, 1) + shift.view(1, 3, 1, 1), raw)
+
+
+def test_recon_target_options_keep_the_old_targets():
+    x = torch.randn(2, 3, 4, 4)
+    minmax, _, _ = make(["method.recon_target=minmax"])
+    got = minmax.rule.recon_target_of(x)
+    assert got.amin((2, 3)).abs().max() < 1e-6 and (got.amax((2, 3)) - 1).abs().max() < 1e-6
+    plain, _, _ = make(["method.recon_target=input", "method.recon_loss=mse"])
+    assert torch.equal(plain.rule.recon_target_of(x), x)
+
+
+def test_training_hands_the_data_normalisation_to_the_rule():
+    from layerwise.train import build_experiment
+
+    cfg = compose_cfg([*DIGITS, "method=infopro", "data.normalize=gaussian"])
+    datamodule, module = build_experiment(cfg)
+    info = datamodule.info
+    torch.testing.assert_close(module.rule.pixel_scale.flatten(), torch.tensor(info.std, dtype=torch.float32))
+    torch.testing.assert_close(module.rule.pixel_shift.flatten(), torch.tensor(info.mean, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("channels, size, conv", [(16, 32, (32, 16, 2)), (32, 16, (64, 32, 2)), (64, 8, (64, 64, 1))])
+def test_infopro_paper_head_is_conv_bn_relu_pool_fc_relu_fc(channels, size, conv):
+    """Wang et al.'s '1c2f' head for ResNet-32's three stages (16/32/64 channels on 32/16/8-px maps)."""
+    from layerwise.methods.dgl import infopro_paper_head
+
+    head = infopro_paper_head(torch.Size((channels, size, size)), 10, hidden=128)
+    out_c, in_c, stride = conv
+    assert [type(m).__name__ for m in head] == ["Conv2d", "BatchNorm2d", "ReLU", "AdaptiveAvgPool2d", "Flatten",
+                                                "Linear", "ReLU", "Linear"]
+    assert head[0].weight.shape == (out_c, in_c, 3, 3) and head[0].stride == (stride, stride)
+    assert head[0].bias is None and head[0].padding == (1, 1) and head[3].output_size == 1
+    assert (head[5].in_features, head[5].out_features, head[7].out_features) == (out_c, 128, 10)
+    assert head(torch.randn(2, channels, size, size)).shape == (2, 10)
+
+
+def test_paper_preset_options_build_contrastive_paper_heads():
+    module, x, y = make(["method.label_loss=contrast", "method.aux.type=infopro_paper", "method.aux.hidden_dim=16",
+                         "method.recon_weight=[5.0,0.0]", "method.pred_weight=[1.0,0.0]", "method.num_modules=2"])
+    rule = module.rule
+    assert rule.recon_weights == [5.0] and rule.pred_weights == [1.0]  # K=2: one local module, the start pair
+    head = rule.label_heads[0]
+    assert type(head[0]) is nn.Conv2d and head[-1].out_features == 8  # feature_dim: a projection for SupCon
+    assert "head infopro_paper" in rule.describe() and "of the image" in rule.describe()
+    h = module.net.blocks[0](x)
+    assert torch.isfinite(rule.block_signal(0, h, y).loss)

@@ -46,6 +46,58 @@ def random_feedback(shape, init: str = "default", scale: float = 1.0, generator:
     return b * scale
 
 
+def fans(shape) -> tuple[int, int]:
+    """(fan_in, fan_out) of a weight shaped (out, in, *kernel), as torch.nn.init counts them."""
+    receptive = math.prod(shape[2:])
+    return shape[1] * receptive, shape[0] * receptive
+
+
+def init_std(shape, init: str = "default") -> float:
+    """The standard deviation of the entries that scheme `init` draws for a weight of `shape`.
+
+    default: U(±1/sqrt(fan_in)), std 1/sqrt(3 fan_in); kaiming_* (relu gain): sqrt(2/fan_in); xavier_*:
+    sqrt(2/(fan_in+fan_out)); orthogonal: a (rows x cols) matrix with orthonormal rows or columns has mean
+    square min(rows, cols)/(rows cols). uSF's fixed scale (Xiao et al. 2018, as the biotorch benchmark runs it).
+    """
+    fan_in, fan_out = fans(shape)
+    rows, cols = shape[0], math.prod(shape[1:])
+    stds = {
+        "default": lambda: 1.0 / math.sqrt(3 * fan_in),
+        "kaiming_uniform": lambda: math.sqrt(2.0 / fan_in),
+        "kaiming_normal": lambda: math.sqrt(2.0 / fan_in),
+        "xavier_uniform": lambda: math.sqrt(2.0 / (fan_in + fan_out)),
+        "xavier_normal": lambda: math.sqrt(2.0 / (fan_in + fan_out)),
+        "orthogonal": lambda: math.sqrt(min(rows, cols) / (rows * cols)),
+    }
+    return stds[check_init(init)]()
+
+
+#: Words method.feedback.scale takes besides a number: sign_symmetry usf's B = sign(W)·scale.
+SCALE_WORDS = ("rms", "init_std")
+
+
+def check_scale(value, rule: str, variant: str | None = None):
+    """method.feedback.scale as a rule uses it: a number > 0, None (= 1, or for uSF = rms), or a word of uSF's.
+
+    One ConfigError line, the same from the schema and from a rule built in code.
+    """
+    if isinstance(value, str) and value in SCALE_WORDS:
+        if rule == "sign_symmetry" and variant in (None, "usf"):
+            return value
+        raise ConfigError(f"method.feedback.scale={value} is a scale of method=sign_symmetry method.variant=usf "
+                          f"only; give a number > 0 here, e.g. method.feedback.scale=1.0")
+    if value is None:
+        if rule == "dfa":  # fa/sign_symmetry read null as W's own scale; dfa has no W to read
+            raise ConfigError("method.feedback.scale=null has no meaning for method=dfa; give a number > 0, "
+                              "e.g. method.feedback.scale=0.3")
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        words = " or rms | init_std (usf)" if rule == "sign_symmetry" else ""
+        raise ConfigError(f"method.feedback.scale={value!r} must be a number > 0{words}, "
+                          f"e.g. method.feedback.scale=1.0")
+    return float(value)
+
+
 def check_init(init: str) -> str:
     if init not in INITS:
         raise ConfigError(f"method.feedback.init={init!r} is not known; choose one of {', '.join(INITS)}")
@@ -80,7 +132,8 @@ class FixedFeedback(nn.Module):
 class SignFeedback(nn.Module):
     """Uniform sign-concordant feedback: sign(W)·scale, following W as it trains.
 
-    scale None: the RMS of W, so that ‖B‖ = ‖W‖ and the backward signal keeps BP's magnitude.
+    scale None: the RMS of the current W, so that ‖B‖ = ‖W‖ and the backward signal keeps BP's magnitude;
+    a number: fixed (e.g. `init_std` of the layer's init scheme, as biotorch runs uSF).
     """
 
     def __init__(self, scale: float | None):

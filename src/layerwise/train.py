@@ -118,6 +118,8 @@ def build_experiment(cfg: DictConfig):
     net = build_network(cfg.model, info.spec)
     example = datamodule.example_batch()
     rule.setup(net, example, info.num_classes)
+    if hasattr(rule, "set_input_normalization"):  # a rule whose target is the raw image (infopro)
+        rule.set_input_normalization(str(cfg.data.normalize), info.mean, info.std)
     module = LayerwiseModule(net, rule, cfg.optimizer, info.num_classes, example,
                              max_epochs=int(cfg.trainer.max_epochs), grad_clip=cfg.trainer.grad_clip,
                              memory_batches=int(cfg.trainer.memory_batches),

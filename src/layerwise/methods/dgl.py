@@ -14,6 +14,8 @@ Options from the thesis:
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,14 +37,65 @@ def _restore_buffers(net: nn.Module):
     return restore
 
 
+#: mlp / cnn: the thesis's heads; dgl_paper / dgl_paper_sr: Belilovsky et al.'s MLP-aux / MLP-SR-aux;
+#: infopro_paper: Wang et al.'s label head.
+AUX_TYPES = ("mlp", "cnn", "dgl_paper", "dgl_paper_sr", "infopro_paper")
+PAPER_MLP_LAYERS = 3  # Belilovsky et al.: 3 hidden Linear+BN+ReLU layers of width 4C
+PAPER_SR_LAYERS = 3   # MLP-SR-aux: 3 1x1 conv+BN+ReLU layers of width C before the 2x2 pool
+
+
 def check_aux_config(cfg) -> None:
     """Reject an unknown aux head type when the rule is built, before any data is loaded."""
-    if cfg.type not in ("mlp", "cnn"):
-        raise ConfigError(f"method.aux.type={cfg.type!r} is not known; choose mlp or cnn")
+    if cfg.type not in AUX_TYPES:
+        raise ConfigError(f"method.aux.type={cfg.type!r} is not known; choose one of {', '.join(AUX_TYPES)}")
+
+
+def dgl_paper_head(shape: torch.Size, num_classes: int, spatial_reduction: bool = False) -> nn.Sequential:
+    """Belilovsky et al.'s aux head (MLP-aux; MLP-SR-aux with `spatial_reduction`) for a C x H x W map.
+
+    Average-pool to ceil(H/4) x ceil(W/4) (with SR: three 1x1 conv (no bias) + BN + ReLU of width C there), then
+    average-pool to 2x2 and flatten (4C features), three Linear(4C, 4C) + BatchNorm1d + ReLU, Linear(4C, classes).
+    Two pools rather than one so non-divisible map sizes average exactly as in the paper's code.
+    """
+    channels, height, width = shape
+    layers: list[nn.Module] = [nn.AdaptiveAvgPool2d((math.ceil(height / 4), math.ceil(width / 4)))]
+    if spatial_reduction:
+        for _ in range(PAPER_SR_LAYERS):
+            layers += [nn.Conv2d(channels, channels, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU()]
+    layers += [nn.AdaptiveAvgPool2d(2), nn.Flatten()]
+    features = 4 * channels
+    for _ in range(PAPER_MLP_LAYERS):
+        layers += [nn.Linear(features, features), nn.BatchNorm1d(features), nn.ReLU()]
+    layers.append(nn.Linear(features, num_classes))
+    return nn.Sequential(*layers)
+
+
+def infopro_paper_head(shape: torch.Size, out_dim: int, hidden: int) -> nn.Sequential:
+    """Wang et al.'s label head ('1c2f'): Conv3x3 (no bias) + BN + ReLU, global average pool, FC, ReLU, FC.
+
+    The paper's code (ResNet-32/110 on 32-px images) widens 16 -> 32 and 32 -> 64 channels at stride 2 on the
+    32- and 16-px maps and keeps 64 at stride 1 on the 8-px map: here, 2C at stride 2 on maps larger than 8 px,
+    C at stride 1 on maps of 8 px or less. `hidden` is the FC width (the paper's feature_dim, 128).
+    """
+    channels, height, width = shape
+    out_channels, stride = (2 * channels, 2) if min(height, width) > 8 else (channels, 1)
+    return nn.Sequential(
+        nn.Conv2d(channels, out_channels, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(out_channels),
+        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(out_channels, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
 
 
 def build_aux_head(shape: torch.Size, num_classes: int, cfg) -> nn.Module:
-    """Aux classifier for a block output of `shape` (C,H,W or D): optional pool, optional conv, MLP."""
+    """Aux classifier for a block output of `shape` (C,H,W or D): optional pool, optional conv, MLP; or one of
+    the papers' heads (`dgl_paper`, `dgl_paper_sr`, `infopro_paper`: their own fixed layout; hidden_dim is the
+    FC width of infopro_paper, the other size options do not apply)."""
+    if cfg.type in ("dgl_paper", "dgl_paper_sr", "infopro_paper"):
+        if len(shape) != 3:
+            raise ConfigError(f"method.aux.type={cfg.type} needs conv blocks (C x H x W outputs); "
+                              "use method.aux.type=mlp for MLP models")
+        if cfg.type == "infopro_paper":
+            return infopro_paper_head(shape, num_classes, int(cfg.hidden_dim))
+        return dgl_paper_head(shape, num_classes, spatial_reduction=cfg.type == "dgl_paper_sr")
     hidden = [int(cfg.hidden_dim)] * int(cfg.n_hidden_layers)
     layers: list[nn.Module] = []
     if len(shape) == 3:
@@ -167,4 +220,5 @@ class DecoupledGreedy(LearningRule):
             extras.append("all blocks frozen, only the head trains")
         elif self.first_trainable:
             extras.append(f"blocks <{self.first_trainable} frozen")
-        return f"{self.cfg.get('name', self.name)} (aux {a.type}, {a.n_hidden_layers}x{a.hidden_dim}{pool}{''.join(', ' + e for e in extras)})"
+        head = f"aux {a.type}" if a.type not in ("mlp", "cnn") else f"aux {a.type}, {a.n_hidden_layers}x{a.hidden_dim}{pool}"
+        return f"{self.cfg.get('name', self.name)} ({head}{''.join(', ' + e for e in extras)})"

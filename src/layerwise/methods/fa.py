@@ -13,8 +13,8 @@ from collections import Counter
 
 from torch import nn
 
-from layerwise.errors import ConfigError
-from layerwise.feedback import FixedFeedback, check_init, convert_layers, last_linear, random_feedback
+from layerwise.feedback import (FixedFeedback, check_init, check_scale, convert_layers, last_linear,
+                                random_feedback)
 from layerwise.methods.base import LearningRule
 from layerwise.models import Network
 
@@ -28,11 +28,13 @@ class FeedbackAlignment(LearningRule):
         cfg = cfg or {}
         feedback = cfg.get("feedback") or {}
         self.init = check_init(str(feedback.get("init", "default")))
-        self.scale = feedback.get("scale", 1.0)
-        if self.scale is not None and (isinstance(self.scale, bool) or not float(self.scale) > 0):
-            raise ConfigError(f"method.feedback.scale={self.scale} must be a number > 0")
+        self.scale = self.checked_scale(feedback.get("scale", 1.0))
         self.exact_last = bool(cfg.get("exact_last", False))
         self.converted: Counter = Counter()
+
+    def checked_scale(self, value):
+        """method.feedback.scale: a number > 0, or null (= 1)."""
+        return check_scale(value, "fa")
 
     def make_feedback(self, layer: nn.Module) -> nn.Module:
         return FixedFeedback(random_feedback(layer.weight.shape, self.init, 1.0 if self.scale is None else float(self.scale)))

@@ -6,7 +6,8 @@ does not need yet, which hurts the modules above. InfoPro's surrogate loss of lo
 
     lambda1_i * reconstruction(decoder_i(h_i), x) + lambda2_i * label_term(h_i, y)
 
-where the reconstruction of the input image x lower-bounds I(h, x) and the label term (aux cross-entropy, or a
+where the reconstruction of the input image x (the raw pixels in [0, 1]: `recon_target=image` undoes the data
+module's normalisation, as the paper's code does) lower-bounds I(h, x) and the label term (aux cross-entropy, or a
 supervised contrastive loss) lower-bounds I(h, y). Modules 0..K-2 train on a detached input with their own
 optimizer; the last module trains with the network head's cross-entropy, as in DGL. Following the paper's code,
 the lambdas move linearly from [start] at the first local module to [end] at the last one.
@@ -25,6 +26,26 @@ from layerwise.models import Network, flat_layers, regroup
 
 RECON_LOSSES = ("bce", "mse")
 LABEL_LOSSES = ("ce", "contrast")
+#: image: the raw image, the data module's normalisation undone (the paper's target); minmax: each image's
+#: channels stretched to [0, 1] (this project's earlier bce target); input: the network input as it arrives.
+RECON_TARGETS = ("image", "minmax", "input")
+
+
+def check_recon(loss: str, target: str) -> None:
+    if loss not in RECON_LOSSES:
+        raise ConfigError(f"method.recon_loss={loss!r} is not known; choose bce or mse")
+    if target not in RECON_TARGETS:
+        raise ConfigError(f"method.recon_target={target!r} is not known; choose one of {', '.join(RECON_TARGETS)}")
+    if loss == "bce" and target == "input":
+        raise ConfigError("method.recon_loss=bce needs targets in [0, 1], which a normalised input is not; "
+                          "use method.recon_target=image (the paper's) or method.recon_loss=mse")
+
+
+def check_weights(recon: list[float], pred: list[float]) -> None:
+    """Every local module needs a loss: the weights of no module may both be 0."""
+    if any(r == 0 and p == 0 for r, p in zip(recon, pred)):
+        raise ConfigError("method.recon_weight and method.pred_weight leave a local module with both weights 0 "
+                          "(no loss); make one of them positive at that end")
 
 
 def lambda_schedule(start_end, n_local: int) -> list[float]:
@@ -54,23 +75,35 @@ def supcon_loss(z: torch.Tensor, y: torch.Tensor, temperature: float) -> torch.T
 
 
 def minmax_per_channel(x: torch.Tensor) -> torch.Tensor:
-    """Rescale each image's channels to [0, 1] over space: a BCE target without knowing the data normalisation.
+    """Rescale each image's channels to [0, 1] over space (recon_target=minmax, this project's earlier target).
 
-    BCE needs targets in [0, 1]. The paper's code un-normalises with the dataset mean/std, which a rule does not
-    know. Min-max over space is invariant to any per-channel normalisation (x - mean) / std, so this target is
-    the raw image itself, only contrast-stretched per image and channel: every spatial detail the decoder must
-    recover is kept, whatever normalisation the data module applied.
+    Min-max over space is invariant to any per-channel normalisation (x - mean) / std, so it needs no knowledge
+    of the data module; but it stretches each image's contrast, so it is not the paper's target, the raw image
+    (recon_target=image, which undoes the data module's normalisation).
     """
     flat = x.flatten(2)
     low, high = flat.amin(2, keepdim=True), flat.amax(2, keepdim=True)
     return ((flat - low) / (high - low).clamp_min(1e-8)).view_as(x)
 
 
+def pixel_affine(normalize: str, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) per channel with raw image = normalised * scale + shift, for data.normalize's modes."""
+    channels = len(mean)
+    if normalize == "gaussian":
+        return torch.tensor(std, dtype=torch.float32), torch.tensor(mean, dtype=torch.float32)
+    if normalize == "minus_one_one":
+        return torch.full((channels,), 0.5), torch.full((channels,), 0.5)
+    if normalize == "none":
+        return torch.ones(channels), torch.zeros(channels)
+    raise ConfigError(f"data.normalize={normalize!r} is not known; choose minus_one_one, gaussian or none")
+
+
 class Decoder(nn.Module):
     """Reconstructs the input image (C, H, W) from a block output.
 
     Conv features: bilinear upsampling to H x W, then Conv3x3-BN-ReLU-Conv3x3 (the paper's decoder; its
-    code uses 12 hidden channels). Flat features (MLP blocks): one Linear back to C*H*W.
+    code uses 12 hidden channels; the sigmoid is in the loss). Flat features (MLP blocks): one Linear back to
+    C*H*W.
     """
 
     def __init__(self, shape: torch.Size, image_shape: torch.Size, channels: int):
@@ -79,8 +112,10 @@ class Decoder(nn.Module):
         self.conv = len(shape) == 3
         if self.conv:
             self.net = nn.Sequential(
+                # no bias before the BN (the paper's has one, which the BN's mean cancels); the output conv's bias
+                # is the paper's and matters
                 nn.Conv2d(shape[0], channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(),
-                nn.Conv2d(channels, image_shape[0], 3, padding=1, bias=False))
+                nn.Conv2d(channels, image_shape[0], 3, padding=1))
         else:
             self.net = nn.Sequential(nn.Flatten(), nn.Linear(int(torch.Size(shape).numel()),
                                                              int(torch.Size(image_shape).numel())))
@@ -97,16 +132,13 @@ class InfoPro(LearningRule):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        if cfg.recon_loss not in RECON_LOSSES:
-            raise ConfigError(f"method.recon_loss={cfg.recon_loss!r} is not known; choose bce or mse")
+        self.recon_target = str(cfg.get("recon_target", "image"))
+        check_recon(cfg.recon_loss, self.recon_target)
         if cfg.label_loss not in LABEL_LOSSES:
             raise ConfigError(f"method.label_loss={cfg.label_loss!r} is not known; choose ce or contrast")
         check_aux_config(cfg.aux)
         recon, pred = _weight_pair(cfg, "recon_weight"), _weight_pair(cfg, "pred_weight")
-        for end in (0, 1):
-            if recon[end] == 0 and pred[end] == 0:
-                raise ConfigError("method.recon_weight and method.pred_weight are both 0 at the same end, leaving "
-                                  "a module with no loss; make one of them positive")
+        check_weights(recon[:1], pred[:1])  # the end pair matters only with 2+ local modules: checked in setup
         if cfg.num_modules is not None and cfg.split is not None:
             raise ConfigError("method.num_modules and method.split both set; set one of them (the other to null)")
         if float(cfg.temperature) <= 0:
@@ -116,6 +148,23 @@ class InfoPro(LearningRule):
         self.recon_weights: list[float] = []
         self.pred_weights: list[float] = []
         self._x: torch.Tensor | None = None
+        # raw = x * scale + shift: identity until the data module's normalisation is known
+        self.register_buffer("pixel_scale", torch.ones(1), persistent=False)
+        self.register_buffer("pixel_shift", torch.zeros(1), persistent=False)
+
+    def set_input_normalization(self, normalize: str, mean, std) -> None:
+        """The data module's normalisation, so that recon_target=image can undo it (train.py calls this)."""
+        scale, shift = pixel_affine(normalize, mean, std)
+        device = self.pixel_scale.device
+        self.pixel_scale = scale.view(1, -1, 1, 1).to(device)
+        self.pixel_shift = shift.view(1, -1, 1, 1).to(device)
+
+    def recon_target_of(self, x: torch.Tensor) -> torch.Tensor:
+        if self.recon_target == "minmax":
+            return minmax_per_channel(x)
+        if self.recon_target == "input":
+            return x
+        return x * self.pixel_scale.to(x.dtype) + self.pixel_shift.to(x.dtype)
 
     def setup(self, net: Network, example: torch.Tensor, num_classes: int) -> None:
         cfg = self.cfg
@@ -139,9 +188,11 @@ class InfoPro(LearningRule):
         n_local = len(shapes)
         self.recon_weights = lambda_schedule(cfg.recon_weight, n_local)
         self.pred_weights = lambda_schedule(cfg.pred_weight, n_local)
+        check_weights(self.recon_weights, self.pred_weights)
         self.decoders = nn.ModuleList(Decoder(s, example.shape[1:], int(cfg.decoder_channels)) for s in shapes)
-        if cfg.label_loss == "ce":
-            self.label_heads = nn.ModuleList(build_aux_head(s, num_classes, cfg.aux) for s in shapes)
+        if cfg.label_loss == "ce" or cfg.aux.type == "infopro_paper":  # the paper's head pools globally itself
+            out_dim = num_classes if cfg.label_loss == "ce" else int(cfg.feature_dim)
+            self.label_heads = nn.ModuleList(build_aux_head(s, out_dim, cfg.aux) for s in shapes)
         else:
             # The aux head's layers with a global average pool, ending in a feature_dim projection.
             proj_cfg = OmegaConf.merge(cfg.aux, {"pool_size": 1})
@@ -152,10 +203,11 @@ class InfoPro(LearningRule):
 
     def recon_loss(self, i: int, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         out = self.decoders[i](h)
+        target = self.recon_target_of(x)
         if self.cfg.recon_loss == "bce":
             # BCE on the logits is the paper's sigmoid + BCE, without log(0) when the sigmoid saturates.
-            return F.binary_cross_entropy_with_logits(out, minmax_per_channel(x))
-        return F.mse_loss(out, x)
+            return F.binary_cross_entropy_with_logits(out, target)
+        return F.mse_loss(out, target)
 
     def block_signal(self, i: int, h: torch.Tensor, y: torch.Tensor) -> Signal | None:
         if i >= len(self.decoders):
@@ -187,8 +239,8 @@ class InfoPro(LearningRule):
 
     def describe(self) -> str:
         c = self.cfg
-        return (f"infopro ({self.n_blocks} modules, recon {c.recon_loss} {list(c.recon_weight)}, "
-                f"label {c.label_loss} {list(c.pred_weight)})")
+        return (f"infopro ({self.n_blocks} modules, recon {c.recon_loss} of the {self.recon_target} "
+                f"{list(c.recon_weight)}, label {c.label_loss} {list(c.pred_weight)}, head {c.aux.type})")
 
 
 def _weight_pair(cfg, key: str) -> tuple[float, float]:

@@ -1,7 +1,9 @@
 """Sign-symmetric feedback (Liao, Leibo & Poggio 2016; Xiao et al. 2018): feedback alignment whose B shares
 W's signs but not its magnitudes. Variants (Xiao et al.'s names):
 
-- `usf`: B = sign(W)·scale, recomputed from the current W every step (scale null: RMS(W), so ‖B‖ = ‖W‖);
+- `usf`: B = sign(W)·scale, recomputed from the current W every step. `feedback.scale`: null or `rms` = the RMS
+  of the current W (so ‖B‖ = ‖W‖, this project's default); `init_std` = the standard deviation of the layer's
+  init scheme (`feedback.init`), fixed at conversion, as the biotorch benchmark runs uSF; or a number;
 - `brsf`: B = |M| ⊙ sign(W), with M redrawn every batch;
 - `frsf`: B = |M| ⊙ sign(W), with M drawn once.
 
@@ -12,7 +14,7 @@ from __future__ import annotations
 from torch import nn
 
 from layerwise.errors import ConfigError
-from layerwise.feedback import SignFeedback, SignMagnitudeFeedback
+from layerwise.feedback import SignFeedback, SignMagnitudeFeedback, check_scale, init_std
 from layerwise.methods.fa import FeedbackAlignment
 
 VARIANTS = ("usf", "brsf", "frsf")
@@ -27,9 +29,14 @@ class SignSymmetry(FeedbackAlignment):
         if self.variant not in VARIANTS:
             raise ConfigError(f"method.variant={self.variant!r} is not known; choose one of {', '.join(VARIANTS)}")
 
+    def checked_scale(self, value):
+        return check_scale(value, "sign_symmetry", str((self.cfg or {}).get("variant", "usf")))
+
     def make_feedback(self, layer: nn.Module) -> nn.Module:
         if self.variant == "usf":
-            return SignFeedback(None if self.scale is None else float(self.scale))
+            if self.scale == "init_std":
+                return SignFeedback(init_std(layer.weight.shape, self.init))
+            return SignFeedback(None if self.scale in (None, "rms") else float(self.scale))
         return SignMagnitudeFeedback(layer.weight.shape, self.init, 1.0 if self.scale is None else float(self.scale))
 
     def begin_batch(self, net, x, y) -> None:
@@ -39,4 +46,5 @@ class SignSymmetry(FeedbackAlignment):
                     module.redraw()
 
     def describe(self) -> str:
-        return f"{self.name} {self.variant} ({self._conversion()})"
+        scale = f", scale {self.scale}" if self.variant == "usf" and isinstance(self.scale, str) else ""
+        return f"{self.name} {self.variant}{scale} ({self._conversion()})"

@@ -33,7 +33,9 @@ class AuxSchema:
     cnn_layers: int = 1
 
     def __post_init__(self) -> None:
-        one_of(self, "type", ("mlp", "cnn"))
+        from layerwise.methods.dgl import AUX_TYPES
+
+        one_of(self, "type", AUX_TYPES)
         in_range(self, "hidden_dim", 1, example=256)
         in_range(self, "n_hidden_layers", 0, example=1)
         in_range(self, "pool_size", 1, example=2)
@@ -113,13 +115,23 @@ class DniSchema(RuleSchema):
 class FeedbackSchema:
     PATH: ClassVar[str] = "method.feedback"
     init: str = "default"
-    scale: Optional[float] = 1.0
+    scale: Any = 1.0               # a number > 0 | null; sign_symmetry usf also rms | init_std (checked per rule)
 
     def __post_init__(self) -> None:
         from layerwise.feedback import INITS
 
         one_of(self, "init", INITS)
-        in_range(self, "scale", 0, low_open=True, example=1.0)
+
+
+@dataclass
+class DfaFeedbackSchema(FeedbackSchema):
+    shape: str = "dense"
+
+    def __post_init__(self) -> None:
+        from layerwise.methods.dfa import FEEDBACK_SHAPES
+
+        super().__post_init__()
+        one_of(self, "shape", FEEDBACK_SHAPES)
 
 
 @dataclass
@@ -127,29 +139,36 @@ class FaSchema(RuleSchema):
     feedback: FeedbackSchema = field(default_factory=FeedbackSchema)
     exact_last: bool = False
 
+    def __post_init__(self) -> None:
+        from layerwise.feedback import check_scale
+
+        check_scale(self.feedback.scale, "fa")
+
 
 @dataclass
 class SignSymmetrySchema(FaSchema):
     variant: str = "usf"
 
     def __post_init__(self) -> None:
+        from layerwise.feedback import check_scale
         from layerwise.methods.sign_symmetry import VARIANTS
 
         one_of(self, "variant", VARIANTS)
+        check_scale(self.feedback.scale, "sign_symmetry", self.variant)
 
 
 @dataclass
 class DfaSchema(RuleSchema):
     injection: str = "post"
-    feedback: FeedbackSchema = field(default_factory=lambda: FeedbackSchema(scale=0.3))
+    feedback: DfaFeedbackSchema = field(default_factory=lambda: DfaFeedbackSchema(scale=0.3))
 
     def __post_init__(self) -> None:
-        from layerwise.methods.dfa import INJECTIONS
+        from layerwise.feedback import check_scale
+        from layerwise.methods.dfa import INJECTIONS, check_shape
 
         one_of(self, "injection", INJECTIONS)
-        if self.feedback.scale is None:  # fa/sign_symmetry read null as 'W's own scale'; dfa has no W to read
-            raise ConfigError("method.feedback.scale=null has no meaning for method=dfa; give a number > 0, "
-                              "e.g. method.feedback.scale=0.3")
+        check_scale(self.feedback.scale, "dfa")
+        check_shape(self.feedback.shape, self.injection)
 
 
 @dataclass
@@ -166,6 +185,7 @@ class InfoProSchema(RuleSchema):
     num_modules: Optional[int] = None
     split: Optional[List[int]] = None
     recon_loss: str = "bce"
+    recon_target: str = "image"
     label_loss: str = "ce"
     recon_weight: List[float] = field(default_factory=lambda: [5.0, 0.5])
     pred_weight: List[float] = field(default_factory=lambda: [1.0, 1.0])
@@ -175,15 +195,14 @@ class InfoProSchema(RuleSchema):
     aux: AuxSchema = field(default_factory=AuxSchema)
 
     def __post_init__(self) -> None:
-        from layerwise.methods.infopro import LABEL_LOSSES, RECON_LOSSES
+        from layerwise.methods.infopro import LABEL_LOSSES, RECON_LOSSES, check_recon, check_weights
 
         one_of(self, "recon_loss", RECON_LOSSES)
+        check_recon(self.recon_loss, self.recon_target)
         one_of(self, "label_loss", LABEL_LOSSES)
         items_in_range(self, "recon_weight", 0, length=2, example="[5.0,0.5]")
         items_in_range(self, "pred_weight", 0, length=2, example="[1.0,1.0]")
-        if any(r == 0 and p == 0 for r, p in zip(self.recon_weight, self.pred_weight)):
-            raise ConfigError("method.recon_weight and method.pred_weight are both 0 at the same end, leaving "
-                              "a module with no loss; make one of them positive")
+        check_weights(self.recon_weight[:1], self.pred_weight[:1])  # the end pair: per module, in setup
         if self.num_modules is not None and self.split is not None:
             raise ConfigError("method.num_modules and method.split both set; set one of them (the other to null)")
         in_range(self, "num_modules", 2, example=2)
