@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from loguru import logger
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
@@ -237,18 +238,22 @@ def load_torchvision_sets(cfg):
 FOLDER_STATS_IMAGES = 1000
 
 
-def _image_folder(split_dir: Path, classes: list[str], every_class: bool):
-    """torchvision's ImageFolder with the *training* split's class list, so index k is the same class in
-    every split (ImageFolder alone numbers each split's own sub-folders: a test/ lacking one class would
-    shift every later label)."""
-    from torchvision.datasets import ImageFolder
+class TrainClassesFolder(ImageFolder):
+    """torchvision's ImageFolder numbered by a given class list (the *training* split's), so index k is the same
+    class in every split: ImageFolder alone numbers each split's own sub-folders, and a test/ lacking one class
+    would shift every later label. Module-level so that DataLoader workers can pickle it (spawn)."""
 
-    class WithClasses(ImageFolder):
-        def find_classes(self, directory):
-            return list(classes), {name: k for k, name in enumerate(classes)}
+    def __init__(self, root: str, classes: list[str], **kwargs):
+        self.given_classes = list(classes)
+        super().__init__(root, **kwargs)
 
+    def find_classes(self, directory):
+        return list(self.given_classes), {name: k for k, name in enumerate(self.given_classes)}
+
+
+def _image_folder(split_dir: Path, classes: list[str], every_class: bool) -> TrainClassesFolder:
     try:
-        folder = WithClasses(str(split_dir), allow_empty=True)
+        folder = TrainClassesFolder(str(split_dir), classes, allow_empty=True)
     except (OSError, RuntimeError) as err:
         raise DataError(f"cannot read images under {split_dir}: {err}; check the folder's contents and "
                         f"permissions") from err
