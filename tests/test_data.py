@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from loguru import logger
 from PIL import Image
 
 from conftest import compose_cfg
@@ -97,3 +98,66 @@ def test_missing_dataset_offline_names_where_to_put_it(tmp_path, monkeypatch):
     monkeypatch.setattr(tvd, "CIFAR10", refuse)
     with pytest.raises(DataError, match=r"cifar-10-batches-py and could not be downloaded .*data=digits"):
         datamodule(["data=cifar10", f"data.root={tmp_path}"])
+
+
+def _folder(root, layout, colours, n=3):
+    for split, classes in layout.items():
+        for label in classes:
+            (root / split / label).mkdir(parents=True, exist_ok=True)
+            for k in range(n):
+                Image.new("RGB", (10, 10), colours[label]).save(root / split / label / f"{k}.png")
+    return root
+
+
+COLOURS = {"cat": (255, 0, 0), "dog": (0, 0, 255), "emu": (0, 255, 0)}
+
+
+@pytest.mark.parametrize("test_classes", [["dog"], ["cat", "emu"], ["emu"]])
+def test_image_folder_splits_share_the_training_class_numbering(tmp_path, test_classes):
+    """ImageFolder numbers each split's own folders; a test/ lacking a class used to shift every later label."""
+    root = _folder(tmp_path, {"train": ["cat", "dog", "emu"], "test": test_classes}, COLOURS)
+    messages = []
+    sink = logger.add(lambda m: messages.append(m.record["message"]), level="WARNING")
+    try:
+        dm = datamodule(["data=image_folder", f"data.root={root}", "data.image_size=8"])
+    finally:
+        logger.remove(sink)
+    train_index = {"cat": 0, "dog": 1, "emu": 2}
+    assert dm.train_set.class_to_idx == dm.test_set.class_to_idx == train_index and dm.info.num_classes == 3
+    assert sorted(set(dm.test_set.targets)) == sorted(train_index[c] for c in test_classes)
+    for path, label in dm.test_set.samples:
+        assert label == train_index[path.split("/")[-2]]
+    absent = sorted(set(train_index) - set(test_classes))
+    assert len(messages) == 1 and f"has no images of class(es) {', '.join(absent)}" in messages[0]
+
+
+def test_gaussian_statistics_are_the_training_images(tmp_path, monkeypatch):
+    """normalize=gaussian: the per-channel mean/std of the training set for every dataset (image folders used
+    0.5/0.5), logged once with where they come from."""
+    import layerwise.data as data_module
+
+    # Half red, half blue training images: mean (0.5, 0, 0.5), std (0.5, 0, 0.5); the test images do not count.
+    root = _folder(tmp_path, {"train": ["cat", "dog"], "test": ["cat"]}, COLOURS, n=4)
+    messages = []
+    sink = logger.add(lambda m: messages.append(m.record["message"]), level="INFO")
+    try:
+        folder = datamodule(["data=image_folder", f"data.root={root}", "data.image_size=8", "data.normalize=gaussian"])
+    finally:
+        logger.remove(sink)
+    assert folder.info.mean == pytest.approx((0.5, 0.0, 0.5)) and folder.info.std == pytest.approx((0.5, 0.0, 0.5),
+                                                                                                   abs=1e-6)
+    assert folder.test_set[0][0][0].mean() == pytest.approx(1.0)  # red (1 - 0.5) / 0.5 in the red channel
+    stats_lines = [m for m in messages if "normalize=gaussian" in m]
+    assert stats_lines == ["data image_folder: normalize=gaussian with per-channel mean (0.5000, 0.0000, 0.5000), "
+                           "std (0.5000, 0.0000, 0.5000) (all 8 training images)"]
+    # A bounded, seeded sample: the same images for the same data.seed.
+    monkeypatch.setattr(data_module, "FOLDER_STATS_IMAGES", 3)
+    first, again = (datamodule(["data=image_folder", f"data.root={root}", "data.image_size=8",
+                                "data.normalize=gaussian"]).info for _ in range(2))
+    assert first.stats_from == "3 of 8 (chosen by data.seed) training images" and first.mean == again.mean
+    # The in-memory sets: statistics of the training images as the network gets them (resized, before subsets).
+    for overrides in (["data=digits", "data.image_size=12"], ["data=synthetic", "data.n_train=64", "data.n_test=8"]):
+        dm = ImageDataModule(compose_cfg([*overrides, "data.normalize=gaussian"]).data)
+        train, _, info = data_module.LOADERS[dm.cfg.name](dm.cfg)
+        assert info.mean == pytest.approx(train.images.mean(dim=(0, 2, 3)).tolist())
+        assert info.std == pytest.approx(train.images.std(dim=(0, 2, 3)).tolist())

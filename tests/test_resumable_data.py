@@ -149,7 +149,7 @@ CLI_CASES = {
     "unreadable_dir": (lambda p: ["data=npz", f"data.path={_locked(p)}/x.npz"], "cannot read {p}/locked"),
     "corrupt_npz": (lambda p: ["data=npz", f"data.path={_garbage_npz(p)}"], "is not a readable .npz file"),
     "npz_bad_labels": (lambda p: ["data=npz", f"data.path={_negative_labels_npz(p)}"],
-                       "y_train must be one integer class label >= 0 per image of x_train"),
+                       "y_train has negative labels (min -1); class labels must be 0, 1, 2, ..."),
 }
 
 

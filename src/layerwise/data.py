@@ -24,8 +24,13 @@ import torch
 import torch.nn.functional as F
 from loguru import logger
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
+from layerwise.data_checks import (NPZ_KEYS, NPZ_SAVE, check_class_sets, check_images_decode, check_npz_splits,
+                                   check_split_samples, class_folders, expect_file, expect_folder,
+                                   image_channel_stats, npz_images, npz_labels)
 from layerwise.device_loader import LOADER_KINDS, DeviceImages, DeviceLoader, check_device_loader
 from layerwise.errors import ConfigError, DataError
 from layerwise.models import InputSpec
@@ -40,6 +45,7 @@ class DataInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     from_pil: bool  # samples arrive as PIL images (torchvision sets) rather than float tensors
+    stats_from: str = ""  # where mean/std come from, for the log line of data.normalize=gaussian
 
     @property
     def spec(self) -> InputSpec:
@@ -69,12 +75,12 @@ def _tensor_sets(x_train, y_train, x_test, y_test, num_classes=None):
     mean, std = _channel_stats(x_train)
     info = DataInfo(channels=x_train.shape[1], size=x_train.shape[-1],
                     num_classes=int(num_classes or int(max(y_train.max(), y_test.max())) + 1),
-                    mean=mean, std=std, from_pil=False)
+                    mean=mean, std=std, from_pil=False, stats_from=f"all {len(x_train)} training images")
     return TensorImages(x_train, y_train), TensorImages(x_test, y_test), info
 
 
 def _resize(images: torch.Tensor, size: int, channels: int) -> torch.Tensor:
-    if images.shape[-1] != size:
+    if tuple(images.shape[-2:]) != (size, size):
         images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
     if images.shape[1] != channels:
         images = images.expand(-1, channels, -1, -1).contiguous()
@@ -145,40 +151,36 @@ def check_readable(path: Path) -> None:
 
 
 def load_npz_sets(cfg):
-    """User arrays: x_train, y_train, x_test, y_test; images NHWC/NCHW/NHW, uint8 or float in [0, 1]."""
+    """User arrays: x_train, y_train, x_test, y_test; images NHWC/NCHW/NHW, uint8 or float in [0, 1].
+
+    Labels are integers shared by both splits, so the classes line up by construction; a test label that
+    training never uses is refused (data_checks.check_npz_splits), as is every malformed array."""
     path = Path(str(cfg.path)).expanduser()
     check_readable(path)
-    if not path.is_file():
-        raise DataError(f"data.path={path} does not exist; point data.path at an .npz with "
-                        "x_train, y_train, x_test, y_test arrays")
+    expect_file(path, "data.path", f"an .npz file with {', '.join(NPZ_KEYS)} arrays ({NPZ_SAVE})")
     try:
         with np.load(path) as arrays:
-            missing = {"x_train", "y_train", "x_test", "y_test"} - set(arrays.files)
+            missing = set(NPZ_KEYS) - set(arrays.files)
             if missing:
-                raise DataError(f"{path} lacks arrays {sorted(missing)}; save it with "
-                                "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)")
-            parts = [arrays[k] for k in ("x_train", "y_train", "x_test", "y_test")]
+                raise DataError(f"{path} lacks arrays {sorted(missing)}; save it with {NPZ_SAVE}")
+            parts = {k: arrays[k] for k in NPZ_KEYS}
     except DataError:
         raise
+    except ValueError as err:  # object arrays (pickled Python objects): not images or labels
+        raise DataError(f"{path} holds an object array ({str(err).splitlines()[0]}); save numeric arrays: "
+                        f"uint8 or float images and integer labels") from err
     except Exception as err:  # zipfile/pickle errors for truncated or foreign files
         raise DataError(f"{path} is not a readable .npz file ({err}); re-create it with np.savez") from err
 
-    def to_images(a: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(a))
-        t = t.float() / 255.0 if a.dtype == np.uint8 else t.float()
-        if t.ndim == 3:
-            t = t.unsqueeze(1)
-        elif t.ndim == 4 and t.shape[-1] in (1, 3) and t.shape[1] not in (1, 3):
-            t = t.permute(0, 3, 1, 2)
-        return _resize(t, int(cfg.image_size or t.shape[-1]), t.shape[1])
-
-    for name, (x, y) in (("train", parts[:2]), ("test", parts[2:])):
-        if len(x) != len(y) or y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
-            raise DataError(f"{path}: y_{name} must be one integer class label >= 0 per image of x_{name} (got "
-                            f"{len(y)} labels of dtype {y.dtype}, min {y.min() if len(y) else '-'}, for {len(x)} "
-                            f"images); fix the arrays and save them again with np.savez")
-    x_train, x_test = to_images(parts[0]), to_images(parts[2])
-    return _tensor_sets(x_train, torch.from_numpy(parts[1]).long(), x_test, torch.from_numpy(parts[3]).long())
+    image_size = int(cfg.image_size) if cfg.image_size else None
+    x_train = npz_images(path, "train", parts["x_train"], image_size)
+    x_test = npz_images(path, "test", parts["x_test"], image_size)
+    y_train = npz_labels(path, "train", parts["y_train"], len(x_train))
+    y_test = npz_labels(path, "test", parts["y_test"], len(x_test))
+    check_npz_splits(path, x_train, y_train, x_test, y_test, image_size)
+    size = image_size or x_train.shape[-1]
+    x_train, x_test = _resize(x_train, size, x_train.shape[1]), _resize(x_test, size, x_test.shape[1])
+    return _tensor_sets(x_train, y_train, x_test, y_test, num_classes=int(y_train.max()) + 1)
 
 
 # torchvision datasets: class name, per-channel stats, native size, channels, classes, folder for errors.
@@ -197,6 +199,7 @@ def load_torchvision_sets(cfg):
     cls = getattr(tvd, cls_name)
     root = Path(str(cfg.root)).expanduser()
     check_readable(root / folder)
+    expect_folder(root, "data.root", f"the folder that holds (or receives) {folder}")
     corrupt = (f"{cls_name} files under {root / folder} are truncated or corrupt (torchvision's checksum or "
                f"parser rejects them); delete that folder and download again, or copy intact files there")
 
@@ -225,26 +228,69 @@ def load_torchvision_sets(cfg):
                 f"(or set data.root=... / DATA_DIR), or use data=digits or data=synthetic offline") from err
 
     train, test = open_split(True), open_split(False)
-    info = DataInfo(channels, size, classes, mean, std, from_pil=True)
+    info = DataInfo(channels, size, classes, mean, std, from_pil=True,
+                    stats_from=f"{cls_name}'s training-set statistics (all {len(train)} images)")
     return train, test, info
 
 
-def load_image_folder_sets(cfg):
-    """Class-subfolder images under data.root/train and data.root/test (or val)."""
-    from torchvision.datasets import ImageFolder
+# data.normalize=gaussian on an image folder: mean/std of this many training images (a seeded choice). The
+# standard error of a channel mean from ~1000 images x H x W pixels is far below the 3 digits that are logged.
+FOLDER_STATS_IMAGES = 1000
 
+
+class TrainClassesFolder(ImageFolder):
+    """torchvision's ImageFolder numbered by a given class list (the *training* split's), so index k is the same
+    class in every split: ImageFolder alone numbers each split's own sub-folders, and a test/ lacking one class
+    would shift every later label. Module-level so that DataLoader workers can pickle it (spawn)."""
+
+    def __init__(self, root: str, classes: list[str], **kwargs):
+        self.given_classes = list(classes)
+        super().__init__(root, **kwargs)
+
+    def find_classes(self, directory):
+        return list(self.given_classes), {name: k for k, name in enumerate(self.given_classes)}
+
+
+def _image_folder(split_dir: Path, classes: list[str], every_class: bool) -> TrainClassesFolder:
+    try:
+        folder = TrainClassesFolder(str(split_dir), classes, allow_empty=True)
+    except (OSError, RuntimeError) as err:
+        raise DataError(f"cannot read images under {split_dir}: {err}; check the folder's contents and "
+                        f"permissions") from err
+    check_split_samples(split_dir, classes, folder.targets, every_class, IMG_EXTENSIONS)
+    return folder
+
+
+def load_image_folder_sets(cfg):
+    """Class-subfolder images under data.root/train and data.root/test (or val), numbered by train's classes."""
     root = Path(str(cfg.root)).expanduser()
     check_readable(root)
+    layout = f"{root}/train/<class>/* and {root}/test/<class>/* (or val/)"
+    expect_folder(root, "data.root", f"a folder with {layout}")
     test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
     if not (root / "train").is_dir() or test_dir is None:
-        raise DataError(f"data=image_folder needs {root}/train/<class>/* and {root}/test/<class>/* (or val/); "
-                        f"set data.root to such a folder")
-    try:
-        train, test = ImageFolder(str(root / "train")), ImageFolder(str(test_dir))
-    except (FileNotFoundError, PermissionError) as err:
-        raise DataError(f"cannot read images under {root}: {err}; check the folder's contents and permissions") from err
+        raise DataError(f"data=image_folder needs {layout}; set data.root to such a folder")
+    if test_dir.name == "test" and (root / "val").is_dir():
+        logger.info(f"data image_folder: {root}/val is not used ({root}/test is the test split; "
+                    f"data.val_fraction holds out a validation split of train)")
+    classes = class_folders(root / "train")
+    absent = check_class_sets(root / "train", classes, test_dir, class_folders(test_dir))
+    train = _image_folder(root / "train", classes, every_class=True)
+    test = _image_folder(test_dir, classes, every_class=False)
+    if absent:
+        logger.warning(f"data image_folder: {test_dir} has no images of class(es) {', '.join(absent)}; the test "
+                       f"accuracy covers the other classes (labels still follow {root}/train's classes)")
+    check_images_decode([p for p, _ in train.samples] + [p for p, _ in test.samples])
+    if not cfg.image_size:
+        raise ConfigError(f"data.image_size={cfg.image_size} cannot size the images of {root}: image folders hold "
+                          f"images of any size; set data.image_size=S to resize them to SxS (e.g. 32)")
     channels = int(cfg.channels)
-    info = DataInfo(channels, int(cfg.image_size), len(train.classes), (0.5,) * channels, (0.5,) * channels, True)
+    info = DataInfo(channels, int(cfg.image_size), len(classes), (0.5,) * channels, (0.5,) * channels, True)
+    if cfg.normalize == "gaussian":
+        decode = v2.Compose(_decode_steps(cfg, info, int(cfg.image_size)))
+        mean, std, n = image_channel_stats(train, decode, FOLDER_STATS_IMAGES, int(cfg.seed))
+        chosen = f"all {n}" if n == len(train) else f"{n} of {len(train)} (chosen by data.seed)"
+        info.mean, info.std, info.stats_from = mean, std, f"{chosen} training images"
     return train, test, info
 
 
@@ -257,9 +303,8 @@ LOADERS: dict[str, Callable] = {
 }
 
 
-def build_transform(cfg, info: DataInfo, train: bool) -> v2.Compose | v2.Identity:
-    """The thesis's augmentations as switches, then normalisation."""
-    aug, size = cfg.augment, int(cfg.image_size or info.size)
+def _decode_steps(cfg, info: DataInfo, size: int) -> list:
+    """PIL samples to float tensors in [0, 1] at `size` (nothing for in-memory float sets)."""
     steps: list = []
     if info.from_pil:
         if cfg.name == "image_folder":
@@ -267,6 +312,13 @@ def build_transform(cfg, info: DataInfo, train: bool) -> v2.Compose | v2.Identit
         steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
         if size != info.size or cfg.name == "image_folder":
             steps.append(v2.Resize((size, size), antialias=True))
+    return steps
+
+
+def build_transform(cfg, info: DataInfo, train: bool) -> v2.Compose | v2.Identity:
+    """The thesis's augmentations as switches, then normalisation."""
+    aug, size = cfg.augment, int(cfg.image_size or info.size)
+    steps = _decode_steps(cfg, info, size)
     if train:
         if aug.random_resized_crop:
             steps.append(v2.RandomResizedCrop(size, scale=(float(aug.resized_crop_min_scale), 1.0), antialias=True))
@@ -420,6 +472,10 @@ class ImageDataModule(L.LightningDataModule):
         val = f" / {len(self.val_set)} val (held out of train)" if self.val_set is not None else ""
         logger.info(f"data {self.cfg.name}: {len(self.train_set)} train{val} / {len(self.test_set)} test, "
                     f"{info.channels}x{info.size}x{info.size}, {info.num_classes} classes")
+        if self.cfg.normalize == "gaussian":
+            fmt = lambda values: "(" + ", ".join(f"{v:.4f}" for v in values) + ")"  # noqa: E731
+            logger.info(f"data {self.cfg.name}: normalize=gaussian with per-channel mean {fmt(info.mean)}, "
+                        f"std {fmt(info.std)} ({info.stats_from or 'the training set'})")
 
     def _split_validation(self, train: Dataset, val_base: Dataset) -> tuple[Dataset, Dataset]:
         """Split `self.train_set` (after subset_train) into (train', val) Subsets of the full training set."""
