@@ -176,3 +176,28 @@ def test_other_processes_print_only_their_errors(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "[rank 1] boom" in res.stderr
     assert "chatter" not in res.stderr and "advice" not in res.stderr
+
+
+
+FORKED_FIT = """
+import lightning as L
+from lightning.pytorch.demos.boring_classes import BoringModel
+from layerwise.distributed import LayerwiseDDPStrategy
+from layerwise.runlog import setup_console
+
+setup_console()  # as train.run does
+L.Trainer(accelerator="cpu", devices=2, strategy=LayerwiseDDPStrategy(start_method="fork"), max_epochs=1,
+          limit_train_batches=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
+          enable_progress_bar=False, enable_model_summary=False).fit(BoringModel())
+"""
+
+
+def test_forked_processes_other_than_zero_stay_quiet():
+    """ddp_fork/ddp_spawn processes learn their rank only when Lightning sets the world up; from then on only
+    process 0 talks."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", FORKED_FIT], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "GLOBAL_RANK: 0" in res.stderr and "GLOBAL_RANK: 1" not in res.stderr, res.stderr

@@ -105,7 +105,8 @@ SWITCH_FLAGS: dict[str, list[str]] = {
 # What `--help` shows for the value flags that are not a plain `key=<value>`.
 VALUE_HELP = {
     "--model": "model=<name>  (VGG16 -> vgg16, BasicCNN -> basic_cnn)",
-    "--device": "cpu -> trainer.accelerator=cpu trainer.devices=1; cuda[:N] -> trainer.accelerator=gpu trainer.devices=[N]",
+    "--device": "cpu -> trainer.accelerator=cpu trainer.devices=1; "
+                "cuda[:N] -> trainer.accelerator=gpu trainer.devices=[N]",
 }
 # Config groups that are building blocks other configs include (conf/shared: keys every data/model/optimizer
 # config shares), not something to choose on the command line; `--help` leaves them out.
