@@ -112,10 +112,11 @@ def _folder(root, layout, colours, n=3):
 COLOURS = {"cat": (255, 0, 0), "dog": (0, 0, 255), "emu": (0, 255, 0)}
 
 
-@pytest.mark.parametrize("test_classes", [["dog"], ["cat", "emu"], ["emu"]])
-def test_image_folder_splits_share_the_training_class_numbering(tmp_path, test_classes):
-    """ImageFolder numbers each split's own folders; a test/ lacking a class used to shift every later label."""
-    root = _folder(tmp_path, {"train": ["cat", "dog", "emu"], "test": test_classes}, COLOURS)
+@pytest.mark.parametrize("split, test_classes", [("test", ["dog"]), ("test", ["cat", "emu"]), ("val", ["emu"])])
+def test_image_folder_splits_share_the_training_class_numbering(tmp_path, split, test_classes):
+    """ImageFolder numbers each split's own folders; a test/ (or val/) lacking a class used to shift every
+    later label."""
+    root = _folder(tmp_path, {"train": ["cat", "dog", "emu"], split: test_classes}, COLOURS)
     messages = []
     sink = logger.add(lambda m: messages.append(m.record["message"]), level="WARNING")
     try:

@@ -153,7 +153,7 @@ def _cli_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
     return {
         "npz dtype": (["data=npz", f"data.path={npz(tmp / 'a.npz', x_train=(FLOATS * 255).astype(np.int64))}"],
                       f"{tmp}/a.npz: x_train has dtype int64"),
-        "npz empty split": (["data=npz", f"data.path={npz(tmp / 'c.npz', x_test=np.zeros((0, 8, 8, 3), np.uint8), y_test=np.zeros(0, int))}"],  # noqa: E501
+        "npz empty split": (["data=npz", f"data.path={npz(tmp / 'c.npz', x_test=np.zeros((0, 8, 8)), y_test=[])}"],
                             f"{tmp}/c.npz: x_test is empty"),
         "npz sizes differ": (["data=npz", f"data.path={npz(tmp / 'd.npz', x_test=np.zeros((4, 6, 6, 3), np.uint8))}"],
                              "x_train images are 8x8 but x_test 6x6; set data.image_size=8"),
@@ -186,3 +186,18 @@ def test_malformed_data_through_the_cli(tmp_path):
         assert "Traceback" not in res.stderr, name
         # Nothing trained, so nothing a later command could mistake for results.
         assert not list(out.rglob("*.ckpt")) and not list(out.rglob("metrics.csv")), name
+
+
+def test_npz_label_gaps_are_named(tmp_path):
+    """Labels are class indices, so gaps are legal, but the outputs behind them are never trained: one warning."""
+    from loguru import logger
+
+    messages = []
+    sink = logger.add(lambda m: messages.append(m.record["message"]), level="WARNING")
+    try:
+        path = npz(tmp_path / "gaps.npz", y_train=np.arange(12) % 2 * 4, y_test=np.array([0, 4, 4, 0]))
+        dm = setup_data(["data=npz", f"data.path={path}"])
+    finally:
+        logger.remove(sink)
+    assert dm.info.num_classes == 5
+    assert len(messages) == 1 and "no sample of class label(s) 1, 2, 3 below its largest label 4" in messages[0]

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from loguru import logger
 
 from layerwise.errors import DataError
 
@@ -108,6 +109,12 @@ def check_npz_splits(path: Path, x_train: torch.Tensor, y_train: torch.Tensor, x
     if unseen:
         raise DataError(f"{path}: y_test has class label(s) {_few(unseen)} that y_train never uses, so the network "
                         f"could not learn them; drop those test samples or add training samples of those classes")
+    used = set(y_train.unique().tolist())
+    gaps = sorted(set(range(int(y_train.max()) + 1)) - used)
+    if gaps:  # legal (labels are the class indices), but a head with never-trained outputs is worth a word
+        logger.warning(f"{path}: y_train has no sample of class label(s) {_few(gaps)} below its largest label "
+                       f"{int(y_train.max())}; the network gets {int(y_train.max()) + 1} outputs, {len(gaps)} never "
+                       f"trained (renumber the labels 0..{len(used) - 1} if those classes do not exist)")
 
 
 # ------------------------------------------------------------------------------------------- image folders
@@ -116,7 +123,8 @@ def class_folders(split_dir: Path) -> list[str]:
     try:
         return sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir())
     except OSError as err:
-        raise DataError(f"cannot list {split_dir} ({err.strerror or err}); check the folder and its permissions") from err
+        raise DataError(f"cannot list {split_dir} ({err.strerror or err}); check the folder and its "
+                        f"permissions") from err
 
 
 def check_class_sets(train_dir: Path, train_classes: list[str], test_dir: Path, test_classes: list[str]) -> list[str]:
