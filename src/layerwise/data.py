@@ -189,6 +189,8 @@ TORCHVISION_SETS = {
     "cifar100": ("CIFAR100", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 32, 3, 100, "cifar-100-python"),
     "mnist": ("MNIST", (0.1307,), (0.3081,), 28, 1, 10, "MNIST/raw"),
     "fashion_mnist": ("FashionMNIST", (0.2860,), (0.3530,), 28, 1, 10, "FashionMNIST/raw"),
+    # KMNIST (Clanuwat et al. 2018): MNIST's idx format; mean/std of its 60,000 training images as commonly used.
+    "kmnist": ("KMNIST", (0.1918,), (0.3483,), 28, 1, 10, "KMNIST/raw"),
 }
 
 
@@ -300,7 +302,9 @@ LOADERS: dict[str, Callable] = {
     "npz": load_npz_sets,
     "image_folder": load_image_folder_sets,
     **{name: load_torchvision_sets for name in TORCHVISION_SETS},
-}
+}  # + svhn, stl10, imagenet, imagenette, imagenet32 from extra_datasets.py (imported at the end of this module)
+STREAMED_SETS: set[str] = set()  # files decoded one at a time: not for data.loader=device
+CROP_PIPELINES: dict[str, Callable] = {}  # name -> (cfg, size, train) -> decode + crop steps (ImageNet recipe)
 
 
 def _decode_steps(cfg, info: DataInfo, size: int) -> list:
@@ -318,8 +322,11 @@ def _decode_steps(cfg, info: DataInfo, size: int) -> list:
 def build_transform(cfg, info: DataInfo, train: bool) -> v2.Compose | v2.Identity:
     """The thesis's augmentations as switches, then normalisation."""
     aug, size = cfg.augment, int(cfg.image_size or info.size)
-    steps = _decode_steps(cfg, info, size)
-    if train:
+    if cfg.name in CROP_PIPELINES:
+        steps = CROP_PIPELINES[cfg.name](cfg, size, train)
+    else:
+        steps = _decode_steps(cfg, info, size)
+    if train and cfg.name not in CROP_PIPELINES:
         if aug.random_resized_crop:
             steps.append(v2.RandomResizedCrop(size, scale=(float(aug.resized_crop_min_scale), 1.0), antialias=True))
         elif aug.random_crop:
@@ -441,6 +448,9 @@ class ImageDataModule(L.LightningDataModule):
             raise ConfigError(f"data.loader={self.loader_kind!r} is not known; choose standard (DataLoader with "
                               f"per-sample transforms) or device (whole dataset on the training device)")
         if self.loader_kind == "device":
+            if cfg.name in STREAMED_SETS:
+                raise ConfigError(f"data.loader=device cannot hold data={cfg.name} (files are decoded one by one in "
+                                  f"DataLoader workers); set data.loader=standard")
             check_device_loader(cfg)
         self.cfg, self.pin_memory, self.device = cfg, pin_memory, torch.device(device)
         self.seed = int(cfg.seed) if seed is None else int(seed)
@@ -551,3 +561,6 @@ class ImageDataModule(L.LightningDataModule):
     def example_batch(self) -> torch.Tensor:
         """Two (test-transformed) inputs, for building modules whose shapes depend on the network's."""
         return torch.stack([self.test_set[i][0] for i in range(min(2, len(self.test_set)))])
+
+
+import layerwise.extra_datasets  # noqa: E402,F401  (registers svhn, stl10, imagenet, imagenette, imagenet32)

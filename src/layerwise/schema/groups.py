@@ -96,7 +96,14 @@ class NpzDataSchema(DataSchema):
     path: str = MISSING
 
 
-DATA_SCHEMAS: dict[str, type[DataSchema]] = {"synthetic": SyntheticDataSchema, "npz": NpzDataSchema}
+@dataclass
+class FolderDataSchema(DataSchema):
+    folder: str = MISSING  # the dataset's sub-folder of data.root (imagenet, imagenette, imagenet32)
+
+
+DATA_SCHEMAS: dict[str, type[DataSchema]] = {"synthetic": SyntheticDataSchema, "npz": NpzDataSchema,
+                                             **dict.fromkeys(("imagenet", "imagenette", "imagenet32"),
+                                                             FolderDataSchema)}
 
 # --------------------------------------------------------------------------------------------------- model
 
