@@ -213,6 +213,20 @@ def test_truncated_stl10_is_named(tmp_path):
         datamodule("stl10", root)
 
 
+def test_garbage_svhn_file_is_named(tmp_path):
+    fake_svhn(tmp_path)
+    (tmp_path / "test_32x32.mat").write_bytes(b"not a mat file")
+    with pytest.raises(DataError, match="test_32x32.mat is not a readable SVHN .mat file"):
+        datamodule("svhn", tmp_path)
+
+
+def test_in_memory_sets_work_with_the_device_loader_and_a_validation_split(tmp_path):
+    dm = datamodule("svhn", fake_svhn(tmp_path, n_train=10), "data.loader=device", "data.val_fraction=0.2",
+                    "data.batch_size=4")
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and len(dm.val_set) == 2
+
+
 # ---------------------------------------------------------------------------------------------------- CLI
 def test_new_datasets_train_through_the_cli(tmp_path):
     """svhn (in-memory arrays) and imagenette (files decoded in DataLoader workers) train one step; a missing set
