@@ -14,7 +14,7 @@ from PIL import Image
 
 from conftest import compose_cfg, read_summary, run_cli, run_dirs
 from layerwise.data import ImageDataModule
-from layerwise.errors import DataError
+from layerwise.errors import ConfigError, DataError
 from layerwise.models import InputSpec
 
 
@@ -154,6 +154,12 @@ def test_imagenet_folder_tree_and_its_crops(tmp_path):
     assert "RandomResizedCrop" in train_names and "RandomHorizontalFlip" in train_names
     # data.root may also be the dataset's folder itself.
     assert len(datamodule("imagenet", folder, "data.image_size=32").train_set) == 6
+
+
+def test_imagenet_needs_a_crop_size(tmp_path):
+    fake_image_tree(tmp_path / "imagenet")
+    with pytest.raises(ConfigError, match="data.image_size=None leaves the crop size of data=imagenet open"):
+        datamodule("imagenet", tmp_path, "data.image_size=null")
 
 
 def test_imagenet_is_streamed_not_held(tmp_path):

@@ -27,7 +27,7 @@ from torchvision.transforms import v2
 
 from layerwise.data import CROP_PIPELINES, LOADERS, STREAMED_SETS, DataInfo, _image_folder, check_readable
 from layerwise.data_checks import check_class_sets, class_folders, expect_folder
-from layerwise.errors import DataError
+from layerwise.errors import ConfigError, DataError
 
 # Per-channel (mean, std) of pixels in [0, 1].
 #  imagenet: torchvision's documented values for its ImageNet weights (ILSVRC-2012 train), also fast.ai's
@@ -172,6 +172,9 @@ def load_imagenet_sets(cfg):
     images are not all test-decoded up front (1.28 million JPEGs); a broken file stops the run where it is read.
     """
     name = "ImageNet" if cfg.name == "imagenet" else cfg.name
+    if not cfg.image_size:
+        raise ConfigError(f"data.image_size={cfg.image_size} leaves the crop size of data={cfg.name} open; set "
+                          f"data.image_size=S (the preset's is {224 if cfg.name == 'imagenet' else 128})")
     folder = dataset_folder(cfg)
     layout = f"{folder}/train/<class>/*.JPEG and {folder}/val/<class>/*.JPEG"
     if not (folder / "train").is_dir() or not (folder / "val").is_dir():
