@@ -14,6 +14,7 @@ from omegaconf import MISSING
 
 from layerwise.errors import ConfigError
 from layerwise.schema.fields import in_range, is_number, items_in_range, key, number_or, one_of
+from layerwise.schema.values import check_seed
 
 # ---------------------------------------------------------------------------------------------------- data
 
@@ -67,7 +68,7 @@ class DataSchema:
         in_range(self, "subset_test", 1, example=1000)
         in_range(self, "image_size", 1, example=32)
         one_of(self, "channels", (1, 3))
-        in_range(self, "seed", 0, example=0)
+        check_seed(self, "seed")
         in_range(self, "val_fraction", 0, 1, high_open=True, example=0.1,
                  what="the fraction of the training set held out for validation; 0 = off")
         one_of(self, "normalize", NORMALIZATIONS)
