@@ -115,7 +115,7 @@ def failed_jobs(sweep_dir: Path) -> list[str]:
             summary = {"status": "no summary.json (killed?)"}
         if summary.get("status") == "completed":
             continue
-        own = " ".join(o for o in overrides[job] if o not in shared)
+        own = " ".join(_short(o) for o in overrides[job] if o not in shared)
         error = f": {summary['error']}" if summary.get("error") else ""
         lines.append(f"{job} [{own}] {summary.get('status')}{error}")
     return lines

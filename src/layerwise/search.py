@@ -136,9 +136,11 @@ class SearchCheck(_HydraCallback):
         patch_optuna_no_completed_trial()
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        # The runs report (layerwise.report, listed first in hydra.callbacks) has already listed the failed jobs
-        # and exited 1; this is for a config that dropped it: a search without any result must not exit 0.
-        if _NO_COMPLETED_TRIAL:
+        # Hydra ends callbacks in reverse order, so this runs before the runs report (layerwise.report), which lists
+        # every failed job and exits 1. Without that report a search with no result must still not exit 0.
+        callbacks = config.hydra.get("callbacks") or {}
+        reported = any(str(c.get("_target_", "")).endswith("RunReportCallback") for c in callbacks.values() if c)
+        if _NO_COMPLETED_TRIAL and not reported:
             print(f"error: {NO_COMPLETED_TRIAL_LINE}; see <job dir>/run.log of each job in {config.hydra.sweep.dir}",
                   file=sys.stderr)
             raise SystemExit(1)
