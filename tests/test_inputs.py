@@ -80,6 +80,9 @@ def test_every_float_option_refuses_nan(overrides):
                                f"range), e.g. seed=0"),
     (["data.seed=-1"], f"data.seed=-1 is out of range; it must be in [0, {SEED_MAX}]"),
     (["name=runs/a"], "name='runs/a' contains a path separator"),
+    (["trainer.accelerator=cpu", "trainer.devices=[5]"],  # Lightning's TypeError traceback before
+     "trainer.devices=[5] names GPU indices (or all devices) but trainer.accelerator=cpu runs a number of processes"),
+    (["trainer.accelerator=cpu", "trainer.devices=-1"], "trainer.devices=-1 names GPU indices"),
 ])
 def test_values_a_library_refuses_fail_in_one_line(overrides, message):
     with pytest.raises(ConfigError) as info:

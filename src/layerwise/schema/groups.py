@@ -312,6 +312,13 @@ class TrainerSchema:
         if not ok:
             raise ConfigError(f"trainer.devices={devices!r} must be a device count (-1 = all), a list of GPU indices "
                               f"or auto, e.g. trainer.devices=1 or trainer.devices=[0]")
+        processes = (isinstance(devices, int) and devices >= 1) or (
+            isinstance(devices, str) and devices.strip().isdigit() and int(devices) >= 1)
+        if self.accelerator == "cpu" and not (devices == "auto" or processes):
+            # Lightning's CPUAccelerator takes a process count only (a TypeError traceback otherwise).
+            raise ConfigError(f"trainer.devices={devices!r} names GPU indices (or all devices) but "
+                              f"trainer.accelerator=cpu runs a number of processes; use trainer.devices=1 "
+                              f"(or N), or trainer.accelerator=gpu")
         one_of(self, "precision", _lightning_precisions())
         in_range(self, "max_epochs", 1, example=30)
         _check_limit(self, "limit_train_batches")
