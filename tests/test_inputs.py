@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import TINY, compose_cfg, run_cli
+from conftest import ROOT, TINY, compose_cfg, run_cli
 from layerwise.errors import ConfigError, ResourceError
 from layerwise.resources import memory_errors
 from layerwise.schema import _schema_for, validate
@@ -193,3 +193,12 @@ def test_dgl_aux_pool_size_larger_than_the_map_pools_to_the_map():
                             "cnn_channels": 4, "cnn_layers": 1})
     head = build_aux_head(torch.Size([3, 4, 4]), 10, cfg)
     assert head(torch.randn(2, 3, 4, 4)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("model", sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml")))
+def test_every_model_passes_the_memory_check_on_the_meta_device(model):
+    """The pre-check runs before every run: it must build each architecture without memory and pass a normal one."""
+    from layerwise.data import InputSpec
+    from layerwise.resources import check_network_fits
+
+    check_network_fits(compose_cfg([f"model={model}"]), InputSpec(channels=3, size=32, num_classes=10))
