@@ -133,6 +133,7 @@ class SearchCheck(_HydraCallback):
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
         patch_optuna_failed_trials()
+        _NO_COMPLETED_TRIAL.clear()  # one flag per search (several may run in one process, e.g. tests)
         patch_optuna_no_completed_trial()
 
     def on_multirun_end(self, config, **kwargs) -> None:

@@ -1,6 +1,6 @@
 """The typed schema of a job config, checked before any data is loaded (`validate(cfg)`).
 
-Three steps, each failing with ONE ConfigError line that names the key, the bad value, what is allowed and a fix:
+Four steps, each failing with ONE ConfigError line that names the key, the bad value, what is allowed and a fix:
 
 1. `_target_` allowlist: configs may only name classes of this package or of torch (layerwise instantiates no job
    config itself; Hydra instantiates `hydra.callbacks`, checked by `check_hydra_targets` at run time).
