@@ -151,7 +151,8 @@ def test_a_network_too_large_for_memory_is_refused_before_allocation(tmp_path):
     assert len(errors) == 1 and "Traceback" not in res.stderr
     assert re.search(r"model=mlp has 7\d,\d{3}\.\d\dG parameters, \d+\.\d TiB of weights alone \(largest layer "
                      r"blocks\.0\.1 \(Linear\(in_features=768, out_features=100000000000, bias=True\)\)\), more than "
-                     r"the [\d.]+ [GMT]iB of memory available; lower model.widths=\[100000000000\], data.image_size=16$",
+                     r"the [\d.]+ [GMT]iB of memory available; "
+                     r"lower model.widths=\[100000000000\], data.image_size=16$",
                      errors[0]), errors[0]
     assert not list(tmp_path.rglob("summary.json")) and not list(tmp_path.rglob("*.ckpt"))
 
