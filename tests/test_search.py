@@ -223,3 +223,17 @@ def test_optuna_sweep_through_the_cli(tmp_path):
     # The search selects on the validation split, not the test set.
     assert best["best_value"] == pytest.approx(max(s["val_acc"] for s in summaries))
     assert "Best parameters" in res.stdout + res.stderr
+
+
+def test_a_search_whose_trials_all_fail_ends_with_the_failed_jobs_report(tmp_path):
+    """Optuna's study.best_trial raised ValueError('No trials are completed yet') after the last trial: a traceback
+    before any report. Now: the runs table (each trial's sampled values), the failed-jobs report, exit 1."""
+    failing = [*(o for o in SWEEP if not o.startswith("data")), "data=npz", f"data.path={tmp_path / 'missing.npz'}"]
+    res = run_cli(["-m", OPTUNA, *failing], tmp_path)
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out[-3000:]
+    assert "no trial of the search completed, so it has no best parameters" in res.stderr
+    assert "2 of 2 jobs failed" in res.stderr
+    assert res.stderr.count("failed: data.path=") == 2 and "Traceback" not in out
+    assert "No trials are completed" not in out and not list(tmp_path.rglob("optimization_results.yaml"))
+    assert "overrides" in res.stdout and res.stdout.count("optimizer.lr=") >= 2  # the table tells trials apart

@@ -1,6 +1,9 @@
 """Sweeps through the real CLI: launchers, a failing job, wandb grouping."""
+import json
 import subprocess
 import sys
+
+import yaml
 
 from conftest import ROOT, TINY, read_summary, run_cli, run_dirs
 
@@ -77,3 +80,27 @@ def test_slurm_launcher_preset_composes_with_cluster_keys():
                  "gpus_per_node: 1", "tasks_per_node: 1", "cpus_per_task: 8", "mem_gb: 32", "timeout_min: 720",
                  "array_parallelism: 32", "max_num_timeout: 3"):
         assert line in res.stdout, line
+
+
+def test_the_sweep_table_shows_each_jobs_own_overrides(tmp_path):
+    """An Optuna sweep's rows all read bp/mlp/synthetic/0: the sampled values are what tell them apart."""
+    from layerwise.report import load_summaries, runs_table, with_own_overrides
+    from rich.console import Console
+
+    shared = ["hparams_search=optuna", "model=mlp"]
+    for num, own in enumerate([["optimizer.lr=0.0012345678901", "data.batch_size=64"],
+                               ["optimizer.lr=0.25", "data.batch_size=128"]]):
+        job = tmp_path / str(num)
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*own, *shared]))
+        (job / "summary.json").write_text(json.dumps({"method": "bp", "model": "mlp", "status": "completed"}))
+    rows = with_own_overrides(load_summaries(tmp_path.glob("*/summary.json")))
+    assert [r["_own"] for r in rows] == ["optimizer.lr=0.001235 data.batch_size=64",
+                                         "optimizer.lr=0.25 data.batch_size=128"]
+    console = Console(width=250, record=True)
+    console.print(runs_table(rows))
+    text = console.export_text()
+    assert "overrides" in text and "optimizer.lr=0.001235 data.batch_size=64" in text
+    single = Console(width=250, record=True)
+    single.print(runs_table(with_own_overrides(rows[:1])))  # one job: nothing to tell apart, no column
+    assert "overrides" not in single.export_text()

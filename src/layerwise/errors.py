@@ -11,3 +11,7 @@ class ConfigError(LayerwiseError):
 
 class DataError(LayerwiseError):
     """A dataset that cannot be found, downloaded or read."""
+
+
+class ResourceError(LayerwiseError):
+    """A setting that needs more memory (or another resource) than the machine has."""

@@ -41,6 +41,16 @@ def check_writable(directory: Path) -> None:
                           "variable)") from None
 
 
+def _check_name(args: list[str]) -> None:
+    """Hydra makes the run directory <time>_<name> before any job code runs: a name the file system refuses
+    would end in Hydra's OSError traceback (a sweep's jobs are numbered dirs: their schema check names it)."""
+    from layerwise.schema.values import check_run_name
+
+    name = override_value(args, "name")
+    if name is not None and "${" not in name and not is_multirun_argv(args):
+        check_run_name(name, output_dir(args))
+
+
 def prepare(args: list[str]) -> list[str]:
     """Extra overrides for Hydra (the resumed run's directory); ConfigError for an unwritable output dir.
 
@@ -51,6 +61,7 @@ def prepare(args: list[str]) -> list[str]:
     if NO_JOB_FLAGS & {a.split("=", 1)[0] for a in args}:
         return []
     extra = hydra_run_dir_override(args)
+    _check_name(args)
     check_writable(Path(override_value(extra, "hydra.run.dir")) if extra else output_dir(args))
     if not is_multirun_argv(args) and override_value(args, "hydra.output_subdir") is None and process_rank() == 0:
         extra.append("hydra.output_subdir=null")

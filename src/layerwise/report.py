@@ -35,13 +35,17 @@ def load_summaries(paths) -> list[dict]:
 
 def runs_table(rows: list[dict], title: str = "layerwise runs") -> Table:
     table = Table(title=title)
-    for col in ("method", "model", "data", "seed", "status", "test acc %", "best %", "per-block acc %",
-                "img/s", "peak act MB", "wall s"):
-        table.add_column(col, justify="left" if col in ("method", "model", "data", "status") else "right")
+    # A sweep's jobs differ in their own overrides (an Optuna trial's sampled values): shown when any row has them.
+    own = any(r.get("_own") for r in rows)
+    for col in ("method", "model", "data", "seed", *(["overrides"] if own else []), "status", "test acc %",
+                "best %", "per-block acc %", "img/s", "peak act MB", "wall s"):
+        table.add_column(col, justify="left" if col in ("method", "model", "data", "overrides", "status")
+                         else "right")
     for r in rows:
         blocks = " ".join(_pct(v) for v in r.get("block_test_acc") or []) or "-"
         ips = r.get("imgs_per_sec")
         table.add_row(str(r.get("method")), str(r.get("model")), str(r.get("data")), str(r.get("seed")),
+                      *([r.get("_own") or "-"] if own else []),
                       str(r.get("status")), _pct(r.get("test_acc")), _pct(r.get("best_test_acc")), blocks,
                       _num(ips, 0), _num(r.get("peak_activation_mb"), 1), _num(r.get("wall_s"), 1))
     return table
@@ -66,7 +70,7 @@ class RunReportCallback(Callback):
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        rows = load_summaries(sweep_dir.glob("*/summary.json"))
+        rows = with_own_overrides(load_summaries(sweep_dir.glob("*/summary.json")))
         print_runs(rows, f"sweep {sweep_dir}")
         failed = failed_jobs(sweep_dir)
         if failed:
@@ -83,6 +87,23 @@ def _overrides(job: Path) -> list[str]:
         return []
 
 
+def _short(override: str) -> str:
+    """key=value with a float value in 4 significant digits: Optuna samples e.g. lr=0.0012345678901234."""
+    key, eq, value = override.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        return override
+    return f"{key}={number:.4g}" if eq and ("." in value or "e" in value.lower()) else override
+
+
+def with_own_overrides(rows: list[dict]) -> list[dict]:
+    """Each sweep row with `_own`: the overrides that set its job apart from the sweep's other jobs."""
+    jobs = {row["_dir"]: _overrides(Path(row["_dir"])) for row in rows}
+    shared = set.intersection(*(set(o) for o in jobs.values())) if jobs else set()
+    return [{**row, "_own": " ".join(_short(o) for o in jobs[row["_dir"]] if o not in shared)} for row in rows]
+
+
 def failed_jobs(sweep_dir: Path) -> list[str]:
     """One line per job of the sweep that did not complete: its dir, its own overrides, and the error."""
     jobs = sorted((p.parent for p in sweep_dir.glob("*/.hydra")), key=lambda p: (len(str(p)), str(p)))
@@ -96,7 +117,7 @@ def failed_jobs(sweep_dir: Path) -> list[str]:
             summary = {"status": "no summary.json (killed?)"}
         if summary.get("status") == "completed":
             continue
-        own = " ".join(o for o in overrides[job] if o not in shared)
+        own = " ".join(_short(o) for o in overrides[job] if o not in shared)
         error = f": {summary['error']}" if summary.get("error") else ""
         lines.append(f"{job} [{own}] {summary.get('status')}{error}")
     return lines

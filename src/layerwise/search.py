@@ -133,6 +133,18 @@ class SearchCheck(_HydraCallback):
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
         patch_optuna_failed_trials()
+        _NO_COMPLETED_TRIAL.clear()  # one flag per search (several may run in one process, e.g. tests)
+        patch_optuna_no_completed_trial()
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        # Hydra ends callbacks in reverse order, so this runs before the runs report (layerwise.report), which lists
+        # every failed job and exits 1. Without that report a search with no result must still not exit 0.
+        callbacks = config.hydra.get("callbacks") or {}
+        reported = any(str(c.get("_target_", "")).endswith("RunReportCallback") for c in callbacks.values() if c)
+        if _NO_COMPLETED_TRIAL and not reported:
+            print(f"error: {NO_COMPLETED_TRIAL_LINE}; see <job dir>/run.log of each job in {config.hydra.sweep.dir}",
+                  file=sys.stderr)
+            raise SystemExit(1)
 
 
 def patch_optuna_failed_trials() -> bool:
@@ -163,4 +175,40 @@ def patch_optuna_failed_trials() -> bool:
 
     tell_failed_without_values._drops_failed_values = True
     optuna.study.Study.tell = tell_failed_without_values
+    return True
+
+
+NO_COMPLETED_TRIAL_LINE = ("no trial of the search completed, so it has no best parameters "
+                           "(optimization_results.yaml is not written)")
+_NO_COMPLETED_TRIAL: list[bool] = []  # set by the patched sweep, read by SearchCheck.on_multirun_end
+
+
+def patch_optuna_no_completed_trial() -> bool:
+    """A search whose trials all failed ends with the failed-jobs report, not Optuna's traceback.
+
+    The sweeper asks the study for its best trial after the last one; with none completed Optuna raises
+    ValueError("No trials are completed yet"), which Hydra prints as a traceback before any callback reports the
+    jobs. This lets the sweep end normally in that case (only), so `on_multirun_end` lists every job's error and
+    exits non-zero. Returns whether the patch is (now) in place.
+    """
+    try:
+        from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
+    except ImportError:
+        return False
+    sweep = OptunaSweeperImpl.sweep
+    if getattr(sweep, "_reports_no_completed_trial", False):
+        return True
+
+    @functools.wraps(sweep)
+    def sweep_without_best_trial(self, arguments):
+        try:
+            return sweep(self, arguments)
+        except ValueError as err:
+            if "no trials are completed" not in str(err).lower():
+                raise
+            _NO_COMPLETED_TRIAL.append(True)
+            logger.error(NO_COMPLETED_TRIAL_LINE)
+
+    sweep_without_best_trial._reports_no_completed_trial = True
+    OptunaSweeperImpl.sweep = sweep_without_best_trial
     return True

@@ -30,6 +30,7 @@ from layerwise.models import build_network
 from layerwise.module import LayerwiseModule
 from layerwise.preemption import Interrupted, Preemption
 from layerwise.progress import EpochProgressBar
+from layerwise.resources import check_network_fits, memory_errors
 from layerwise.resume import MULTIRUN_FIX, ResumeTarget, interrupted_run, read_summary, resolve
 from layerwise.run_state import KEY, check_compatible, group_layout
 from layerwise.rundir import (DeferredRunLog, RunDirLock, clear_run, describe, holds_run,
@@ -115,6 +116,7 @@ def build_experiment(cfg: DictConfig):
     datamodule = ImageDataModule(cfg.data, pin_memory=device.type == "cuda", device=device, seed=int(cfg.seed))
     datamodule.setup("fit")
     info = datamodule.info
+    check_network_fits(cfg, info.spec, device)  # on the meta device: a too-large model fails here, in one line
     net = build_network(cfg.model, info.spec)
     example = datamodule.example_batch()
     rule.setup(net, example, info.num_classes)
@@ -183,7 +185,8 @@ def fit(cfg: DictConfig, run_dir: Path, resume: ResumeTarget | None = None,
                               "optimizer state); start the run again, or use trainer=default to resume")
         return fit_pipeline(cfg, run_dir)
     diagnostics = build_diagnostics(cfg)  # rejects bad diagnostics options before any data is loaded
-    datamodule, module = build_experiment(cfg)
+    with memory_errors(cfg, "loading the data and building the network"):
+        datamodule, module = build_experiment(cfg)
     n_params = sum(p.numel() for p in module.parameters())
     logger.info(f"{cfg.name}: {module.rule.describe()} on {cfg.model.name} ({len(module.net.blocks)} blocks, "
                 f"{len(module.groups)} optimizers, {n_params / 1e6:.2f}M params incl. aux) -> {run_dir}")
@@ -215,7 +218,7 @@ def fit(cfg: DictConfig, run_dir: Path, resume: ResumeTarget | None = None,
         enable_progress_bar=bool(progress), enable_model_summary=False,
         default_root_dir=str(run_dir),
     )
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), memory_errors(cfg, "training"):
         if resume:  # a resumed run writes into its own checkpoint directory on purpose
             warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume.checkpoint if resume else None,

@@ -105,9 +105,9 @@ def build_aux_head(shape: torch.Size, num_classes: int, cfg) -> nn.Module:
                 layers += [nn.Conv2d(channels, int(cfg.cnn_channels), 3, padding=1),
                            nn.BatchNorm2d(int(cfg.cnn_channels)), nn.ReLU()]
                 channels = int(cfg.cnn_channels)
-        if cfg.pool_size:
-            layers.append(nn.AdaptiveAvgPool2d(int(cfg.pool_size)))
-            height = width = min(int(cfg.pool_size), height)
+        if cfg.pool_size:  # at most the map's own size: adaptive pooling to more would upsample
+            height = width = min(int(cfg.pool_size), height, width)
+            layers.append(nn.AdaptiveAvgPool2d(height))
         dim_in = channels * height * width
     elif cfg.type == "cnn":
         raise ConfigError("method.aux.type=cnn needs conv blocks; use method.aux.type=mlp for MLP models")

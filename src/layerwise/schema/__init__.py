@@ -1,13 +1,14 @@
 """The typed schema of a job config, checked before any data is loaded (`validate(cfg)`).
 
-Three steps, each failing with ONE ConfigError line that names the key, the bad value, what is allowed and a fix:
+Four steps, each failing with ONE ConfigError line that names the key, the bad value, what is allowed and a fix:
 
 1. `_target_` allowlist: configs may only name classes of this package or of torch (layerwise instantiates no job
    config itself; Hydra instantiates `hydra.callbacks`, checked by `check_hydra_targets` at run time).
 2. OmegaConf.structured(schema) merged with the resolved config: wrong types and unknown keys (with a difflib
    "did you mean"). The schema of each group is picked by the option in use (data.name, model.arch,
    optimizer.name, method.rule or method.name), so `+data.n_train=5` is refused with data=cifar10.
-3. OmegaConf.to_object: each dataclass's `__post_init__` checks ranges, choices and cross-field rules.
+3. Every leaf: no non-finite float (unless its field opts in), no integer beyond int64 (schema/values.py).
+4. OmegaConf.to_object: each dataclass's `__post_init__` checks ranges, choices and cross-field rules.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from layerwise.errors import ConfigError
 from layerwise.schema.groups import (DATA_SCHEMAS, MODEL_SCHEMAS, OPTIMIZER_SCHEMAS, DataSchema, DiagnosticsSchema,
                                      LoggerSchema, ModelSchema, OptimizerSchema, PathsSchema, TrainerSchema)
 from layerwise.schema.rules import RULE_SCHEMAS, RuleSchema
+from layerwise.schema.values import check_run_name, check_seed, check_values
 
 ALLOWED_TARGET_PREFIXES = ("layerwise.", "torch.")
 
@@ -49,8 +51,8 @@ class RootSchema:
     def __post_init__(self) -> None:
         from layerwise.search import metric_name
 
-        if self.seed < 0:
-            raise ConfigError(f"seed={self.seed} is out of range; it must be >= 0, e.g. seed=0")
+        check_seed(self, "seed")
+        check_run_name(self.name, self.paths.output_root)
         metric_name(self)  # one list of metrics, in layerwise.search
         # Both split the network: the rule's regrouping would silently override the model's.
         splits = [k for k in ("num_modules", "split") if getattr(self.method, k, None) is not None]
@@ -214,6 +216,7 @@ def validate(cfg: DictConfig) -> RootSchema:
     schema = _schema_for(container)
     try:
         merged = OmegaConf.merge(schema, container)
+        check_values(merged, schema)  # non-finite floats, integers beyond int64: before any range check
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise _translate(err, schema, container) from None

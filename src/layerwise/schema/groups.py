@@ -14,6 +14,7 @@ from omegaconf import MISSING
 
 from layerwise.errors import ConfigError
 from layerwise.schema.fields import in_range, is_number, items_in_range, key, number_or, one_of
+from layerwise.schema.values import check_seed
 
 # ---------------------------------------------------------------------------------------------------- data
 
@@ -67,7 +68,7 @@ class DataSchema:
         in_range(self, "subset_test", 1, example=1000)
         in_range(self, "image_size", 1, example=32)
         one_of(self, "channels", (1, 3))
-        in_range(self, "seed", 0, example=0)
+        check_seed(self, "seed")
         in_range(self, "val_fraction", 0, 1, high_open=True, example=0.1,
                  what="the fraction of the training set held out for validation; 0 = off")
         one_of(self, "normalize", NORMALIZATIONS)
@@ -318,6 +319,13 @@ class TrainerSchema:
         if not ok:
             raise ConfigError(f"trainer.devices={devices!r} must be a device count (-1 = all), a list of GPU indices "
                               f"or auto, e.g. trainer.devices=1 or trainer.devices=[0]")
+        processes = (isinstance(devices, int) and devices >= 1) or (
+            isinstance(devices, str) and devices.strip().isdigit() and int(devices) >= 1)
+        if self.accelerator == "cpu" and not (devices == "auto" or processes):
+            # Lightning's CPUAccelerator takes a process count only (a TypeError traceback otherwise).
+            raise ConfigError(f"trainer.devices={devices!r} names GPU indices (or all devices) but "
+                              f"trainer.accelerator=cpu runs a number of processes; use trainer.devices=1 "
+                              f"(or N), or trainer.accelerator=gpu")
         one_of(self, "precision", _lightning_precisions())
         in_range(self, "max_epochs", 1, example=30)
         _check_limit(self, "limit_train_batches")
