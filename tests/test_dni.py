@@ -51,7 +51,10 @@ def test_dni_with_true_gradients_from_its_synthesizers_is_backprop():
 
 
 def test_synthesizers_regress_onto_the_gradient_that_reaches_their_block():
-    _, module, x, y = make("dni", [*SGD, *SMALL_SYNTH, "method.synthesizer.zero_init=false"])
+    """Paper: M_i's loss is ||M_i(h_i) - δ_i||² with δ_i the gradient block i+1's update sends back to h_i
+    (bootstrapped from M_{i+1}); one SGD step at optimizer.lr x synthesizer.lr_scale."""
+    _, module, x, y = make("dni", [*SGD, *SMALL_SYNTH, "method.synthesizer.zero_init=false",
+                                   "method.synthesizer.lr_scale=0.5"])
     net, rule = copy.deepcopy(module.net), copy.deepcopy(module.rule)
     b0, b1, b2 = net.blocks
     s0, s1 = rule.synth
@@ -70,7 +73,7 @@ def test_synthesizers_regress_onto_the_gradient_that_reaches_their_block():
     for synth, h, delta in ((s0, h0, delta0), (s1, h1, delta1)):
         params = list(synth.parameters())
         grads = torch.autograd.grad(F.mse_loss(synth(h.detach(), y), delta * B), params)
-        expected += [p.detach() - 0.1 * g for p, g in zip(params, grads)]
+        expected += [p.detach() - 0.1 * 0.5 * g for p, g in zip(params, grads)]
 
     train_batches(module, x, y, batch_size=B)
 
@@ -114,3 +117,60 @@ def test_learns_digits(method, floor, tmp_path):
     """Chance is 0.10; 3 epochs reach about 0.85 (dni) / 0.80 (cdni)."""
     summary = fit_cfg([*DIGITS, f"method={method}"], tmp_path)
     assert summary["test_acc"] > floor, summary
+
+
+def test_synthesize_last_groups_step_every_block_on_its_synthetic_gradient():
+    _, module, _, _ = make("dni", [*SMALL_SYNTH, "method.synthesize_last=true"])
+    assert [(g.name, g.step_after) for g in module.groups] == [
+        ("block0", 0), ("block1", 1), ("block2", 2), ("synth0", 1), ("synth1", 2), ("synth2", 3), ("head", 3)]
+    assert {g.name: g.lr_scale for g in module.groups}["synth2"] == 0.1  # the default synthesizer step
+
+
+def test_synthesize_last_with_true_gradients_from_its_synthesizers_is_backprop():
+    _, module, x, y = make("dni", [*SGD, *SMALL_SYNTH, "method.synthesize_last=true"])
+    bp_net = copy.deepcopy(module.net)
+    outs, h = [], x
+    for block in bp_net.blocks:
+        h = block(h)
+        h.retain_grad()
+        outs.append(h)
+    F.cross_entropy(bp_net.head(h), y).backward()
+    module.rule.synth = nn.ModuleList(Oracle(o.grad.detach() * len(x)) for o in outs)
+    module.groups = module.rule.train_groups(module.net)
+    with torch.no_grad():
+        expected = [p - 0.1 * p.grad for p in bp_net.parameters()]
+
+    train_batches(module, x, y, batch_size=len(x))
+
+    for p_got, p_exp in zip(module.net.parameters(), expected, strict=True):
+        torch.testing.assert_close(p_got.detach(), p_exp, atol=1e-6, rtol=1e-5)
+
+
+def test_synthesize_last_block_follows_its_synthesizer_which_regresses_on_the_true_gradient():
+    """Paper layout: the last block's update is h·δ̂ with δ̂ = M(h); the head learns from the true loss on a
+    detached h; M's target is the true per-sample gradient B·dL/dh the head sends back."""
+    _, module, x, y = make("dni", [*SGD, *SMALL_SYNTH, "method.synthesize_last=true",
+                                   "method.synthesizer.zero_init=false", "method.synthesizer.lr_scale=0.5"])
+    for synth in module.rule.synth[:-1]:  # blocks 0 and 1 get zero gradients: the last block sees fixed inputs
+        nn.init.zeros_(synth.layers[-1].weight)
+        nn.init.zeros_(synth.layers[-1].bias)
+    net, rule = copy.deepcopy(module.net), copy.deepcopy(module.rule)
+    B, last, synth = len(x), net.blocks[-1], rule.synth[-1]
+    h = last(net.blocks[1](net.blocks[0](x)))
+    predicted = synth(h.detach(), y)
+    block_grads = torch.autograd.grad((h * predicted.detach() / B).sum(), list(last.parameters()))
+    h_in = h.detach().requires_grad_()
+    loss = F.cross_entropy(net.head(h_in), y)
+    head_grads = torch.autograd.grad(loss, list(net.head.parameters()) + [h_in])
+    delta = head_grads[-1]
+    synth_grads = torch.autograd.grad(F.mse_loss(synth(h.detach(), y), delta * B), list(synth.parameters()))
+    expected = ([p.detach() - 0.1 * g for p, g in zip(last.parameters(), block_grads)]
+                + [p.detach() - 0.1 * g for p, g in zip(net.head.parameters(), head_grads[:-1])]
+                + [p.detach() - 0.1 * 0.5 * g for p, g in zip(synth.parameters(), synth_grads)])
+
+    train_batches(module, x, y, batch_size=B)
+
+    got = (list(module.net.blocks[-1].parameters()) + list(module.net.head.parameters())
+           + list(module.rule.synth[-1].parameters()))
+    for p_got, p_exp in zip(got, expected, strict=True):
+        torch.testing.assert_close(p_got.detach(), p_exp, atol=1e-6, rtol=1e-5)
