@@ -8,8 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import DIGITS, compose_cfg, fit_cfg, train_batches
+from layerwise.errors import ConfigError
 from layerwise.methods import build_rule
 from layerwise.models import build_network
+from layerwise.schema import validate
 from test_rule_math import SPEC, make
 
 SGD = ["optimizer.lr=0.1", "optimizer.momentum=0", "optimizer.weight_decay=0"]
@@ -110,6 +112,7 @@ def test_mlp_synthesizer_for_flat_blocks():
     rule.setup(net, x, SPEC.num_classes)
     assert [m.conv for m in rule.synth] == [False, False]
     assert rule.synth[0](net.blocks[0](x), y).shape == (4, 32)
+    assert [g.lr_scale for g in rule.train_groups(net) if g.name.startswith("synth")] == [0.1, 0.1]
 
 
 @pytest.mark.parametrize("method, floor", [("dni", 0.6), ("cdni", 0.6)])
@@ -123,7 +126,7 @@ def test_synthesize_last_groups_step_every_block_on_its_synthetic_gradient():
     _, module, _, _ = make("dni", [*SMALL_SYNTH, "method.synthesize_last=true"])
     assert [(g.name, g.step_after) for g in module.groups] == [
         ("block0", 0), ("block1", 1), ("block2", 2), ("synth0", 1), ("synth1", 2), ("synth2", 3), ("head", 3)]
-    assert {g.name: g.lr_scale for g in module.groups}["synth2"] == 0.1  # the default synthesizer step
+    assert {g.name: g.lr_scale for g in module.groups}["synth2"] == 1.0  # the default step of a conv synthesizer
 
 
 def test_synthesize_last_with_true_gradients_from_its_synthesizers_is_backprop():
@@ -188,3 +191,8 @@ def test_dni_trains_a_digits_mlp_without_collapsing(tmp_path):
     """BP reaches 0.975 here; the default synthesizer step (0.1 x lr) keeps DNI there (0.97 at epoch 6)."""
     summary = fit_cfg(DIGITS_MLP_512, tmp_path)
     assert summary["test_acc"] > 0.93, summary
+
+
+def test_synthesizer_lr_scale_must_be_positive():
+    with pytest.raises(ConfigError, match=r"method.synthesizer.lr_scale=0 is out of range.*e.g. method.synthesizer"):
+        validate(compose_cfg(["method=dni", "method.synthesizer.lr_scale=0"]))

@@ -12,10 +12,11 @@ per-sample gradient (target B·δ) and the block receives prediction / B, so the
 whatever the batch size; the fixed point is the same as regressing δ itself. The MSE is a mean over elements:
 a sum makes the regression's curvature grow with the map size and diverges at the blocks' learning rate.
 
-Step size: synthesizers train with the blocks' optimizer at `synthesizer.lr_scale` x its lr (default 0.1).
-At the blocks' own lr (SGD 0.05, momentum 0.9) a BatchNorm synthesizer's regression runs at the edge of
-stability: it chases each batch's noisy gradient, its predictions stop pointing along the true gradient, and
-the block it trains drifts until the network collapses (docs/rules/dni.md has the measurements).
+Step size: synthesizers train with the blocks' optimizer at `synthesizer.lr_scale` x its lr (null: 0.1 for
+MLP synthesizers, 1.0 for conv ones). At the blocks' own lr (SGD 0.05, momentum 0.9) an MLP synthesizer with
+BatchNorm chases each batch's noisy gradient: its predictions stop pointing along the true gradient and the
+block it trains drifts until the network collapses. Conv synthesizers, whose weights are shared over the map,
+learn too slowly at 0.1 instead (docs/rules/dni.md has both measurements).
 """
 from __future__ import annotations
 
@@ -76,6 +77,9 @@ class Synthesizer(nn.Module):
         return z.view(len(h), *self.shape)
 
 
+AUTO_LR_SCALE = {"mlp": 0.1, "conv": 1.0}  # synthesizer.lr_scale=null, by synthesizer kind (measured: docs)
+
+
 class SyntheticGradients(LearningRule):
     name = "dni"
     local = True
@@ -131,21 +135,25 @@ class SyntheticGradients(LearningRule):
             self._inputs = {}
         return ready
 
+    def lr_scale(self, i: int) -> float:
+        """Synthesizer i's step as a multiple of optimizer.lr."""
+        scale = self.cfg.synthesizer.lr_scale
+        return float(scale) if scale is not None else AUTO_LR_SCALE["conv" if self.synth[i].conv else "mlp"]
+
     def train_groups(self, net: Network) -> list[TrainGroup]:
         n = len(net.blocks)
-        lr_scale = float(self.cfg.synthesizer.lr_scale)
         if self.synthesize_last:
             # Every block steps on its synthetic gradient at once; synthesizer i's target exists once stage i+1
             # (block i+1, or the head for the last one) has backpropagated.
             groups = [TrainGroup(f"block{i}", [net.blocks[i]], step_after=i) for i in range(n)]
-            groups += [TrainGroup(f"synth{i}", [self.synth[i]], step_after=i + 1, lr_scale=lr_scale)
+            groups += [TrainGroup(f"synth{i}", [self.synth[i]], step_after=i + 1, lr_scale=self.lr_scale(i))
                        for i in range(n)]
             return groups + [TrainGroup("head", [net.head], step_after=n)]
         groups = [TrainGroup(f"block{i}", [net.blocks[i]], step_after=i) for i in range(n - 1)]
         # Synthesizer i's target exists once block i+1 has backpropagated: the last block does so in the
         # head's backward.
         groups += [TrainGroup(f"synth{i}", [self.synth[i]], step_after=i + 1 if i + 1 < n - 1 else n,
-                              lr_scale=lr_scale) for i in range(n - 1)]
+                              lr_scale=self.lr_scale(i)) for i in range(n - 1)]
         groups.append(TrainGroup(f"block{n - 1}+head", [net.blocks[n - 1], net.head], step_after=n))
         return groups
 
@@ -154,5 +162,5 @@ class SyntheticGradients(LearningRule):
         variant = "cdni" if self.cfg.context else "dni"
         kinds = sorted({"conv" if m.conv else "mlp" for m in self.synth})
         last = ", last block too" if self.synthesize_last else ""
-        return (f"{variant} ({'/'.join(kinds)} synthesizers, {s.hidden_layers} hidden layers, "
-                f"lr x{s.lr_scale}{last})")
+        scales = "/".join(f"{x:g}" for x in sorted({self.lr_scale(i) for i in range(len(self.synth))}))
+        return f"{variant} ({'/'.join(kinds)} synthesizers, {s.hidden_layers} hidden layers, lr x{scales}{last})"

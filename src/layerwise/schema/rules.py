@@ -92,7 +92,7 @@ class SynthesizerSchema:
     hidden_dim: int = 1024
     zero_init: bool = True
     batch_norm: bool = True
-    lr_scale: float = 0.1
+    lr_scale: Optional[float] = None   # null: 0.1 for mlp synthesizers, 1.0 for conv ones
 
     def __post_init__(self) -> None:
         one_of(self, "type", ("auto", "conv", "mlp"))
