@@ -94,6 +94,7 @@ class SyntheticGradients(LearningRule):
         self.synthesize_last = bool(cfg.synthesize_last)
         self.detach_head = self.synthesize_last  # the head's true gradient is the last synthesizer's target
         self.synth = nn.ModuleList()
+        self._lr_scales: list[float] = []
         self._inputs: dict[int, torch.Tensor] = {}
         self._pending: dict[int, torch.Tensor] = {}
 
@@ -105,6 +106,9 @@ class SyntheticGradients(LearningRule):
         shapes = shapes if self.synthesize_last else shapes[:-1]
         self.synth = nn.ModuleList(
             Synthesizer(s, num_classes, self.cfg.synthesizer, bool(self.cfg.context)) for s in shapes)
+        scale = self.cfg.synthesizer.lr_scale
+        self._lr_scales = [float(scale) if scale is not None else AUTO_LR_SCALE["conv" if m.conv else "mlp"]
+                           for m in self.synth]
 
     def begin_batch(self, net: Network, x: torch.Tensor, y: torch.Tensor) -> None:
         self._inputs, self._pending = {}, {}
@@ -137,8 +141,7 @@ class SyntheticGradients(LearningRule):
 
     def lr_scale(self, i: int) -> float:
         """Synthesizer i's step as a multiple of optimizer.lr."""
-        scale = self.cfg.synthesizer.lr_scale
-        return float(scale) if scale is not None else AUTO_LR_SCALE["conv" if self.synth[i].conv else "mlp"]
+        return self._lr_scales[i]
 
     def train_groups(self, net: Network) -> list[TrainGroup]:
         n = len(net.blocks)
