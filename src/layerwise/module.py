@@ -118,7 +118,7 @@ class LayerwiseModule(L.LightningModule):
     def configure_optimizers(self):
         optimizers, schedulers = [], []
         for group in self.groups:
-            opt = build_optimizer(group.parameters(), self.optim_cfg)
+            opt = build_optimizer(group.parameters(), self.optim_cfg, group.lr_scale)
             optimizers.append(opt)
             sched = build_scheduler(opt, self.optim_cfg, self.max_epochs)
             if sched is not None:

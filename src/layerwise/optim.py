@@ -6,14 +6,16 @@ import torch
 from layerwise.errors import ConfigError
 
 
-def build_optimizer(params, cfg) -> torch.optim.Optimizer:
+def build_optimizer(params, cfg, lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    """`lr_scale` multiplies `cfg.lr` for a group that needs its own step size (DNI's synthesizers)."""
     params = list(params)
+    lr = cfg.lr * lr_scale
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                nesterov=bool(cfg.nesterov) and cfg.momentum > 0)
     if cfg.name in ("adam", "adamw"):
         cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
-        return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        return cls(params, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     raise ConfigError(f"optimizer={cfg.name!r} is not known; choose sgd, adam or adamw")
 
 

@@ -173,7 +173,7 @@ class Stage:
         self.grad_clip = grad_clip
         mine = set(range(self.first, self.last)) | ({self.n} if self.is_last else set())
         self.groups = [g for g in module.groups if g.step_after in mine]
-        self.optimizers = [build_optimizer(g.parameters(), optim_cfg) for g in self.groups]
+        self.optimizers = [build_optimizer(g.parameters(), optim_cfg, g.lr_scale) for g in self.groups]
         self.schedulers = [s for s in (build_scheduler(o, optim_cfg, max_epochs) for o in self.optimizers)
                            if s is not None]
         self.steps_after: dict[int, list[int]] = defaultdict(list)

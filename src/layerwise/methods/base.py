@@ -58,12 +58,14 @@ class Signal:
 class TrainGroup:
     """Parameters trained by one optimizer, stepped right after the signal of block `step_after`.
 
-    step_after == n_blocks means after the head's signal.
+    step_after == n_blocks means after the head's signal. lr_scale multiplies the optimizer's lr for this group
+    (a regression like DNI's synthesizer needs a step size of its own).
     """
 
     name: str
     modules: list[nn.Module] = field(default_factory=list)
     step_after: int = 0
+    lr_scale: float = 1.0
 
     def parameters(self):
         for module in self.modules:

@@ -93,6 +93,8 @@ class SynthesizerSchema:
     kernel_size: int = 5
     hidden_dim: int = 1024
     zero_init: bool = True
+    batch_norm: bool = True
+    lr_scale: Optional[float] = None   # null: 0.1 for mlp synthesizers, 1.0 for conv ones
 
     def __post_init__(self) -> None:
         one_of(self, "type", ("auto", "conv", "mlp"))
@@ -103,11 +105,13 @@ class SynthesizerSchema:
             raise ConfigError(f"method.synthesizer.kernel_size={self.kernel_size} must be odd (same padding), "
                               f"e.g. method.synthesizer.kernel_size=5")
         in_range(self, "hidden_dim", 1, example=1024)
+        in_range(self, "lr_scale", 0, low_open=True, example=0.1, what="a multiple of optimizer.lr")
 
 
 @dataclass
 class DniSchema(RuleSchema):
     context: bool = False
+    synthesize_last: bool = False
     synthesizer: SynthesizerSchema = field(default_factory=SynthesizerSchema)
 
 
