@@ -198,6 +198,8 @@ class PredSimSchema(RuleSchema):
     loss: str = "predsim"
     beta: float = 0.99
     dim_in_decoder: int = 2048
+    loss_before_pool: bool = True
+    zero_init_head: bool = False
 
     def __post_init__(self) -> None:
         from layerwise.methods.predsim import LOSSES
