@@ -101,7 +101,7 @@ class ForwardForward(LearningRule):
         self.score_from = score_from
         self.loss_reduction = str(cfg.get("loss_reduction", "mean"))
         self.normalization = str(cfg.get("normalize", "rms"))
-        self.peer_weight = float(cfg.get("peer_normalization", 0.0))
+        self.peer_weight = float(cfg.get("peer_normalization", 0.03))
         self.peer_momentum = float(cfg.get("peer_momentum", 0.9))
         for key, value, choices in (("loss_reduction", self.loss_reduction, LOSS_REDUCTIONS),
                                     ("normalize", self.normalization, NORMALIZATIONS)):
