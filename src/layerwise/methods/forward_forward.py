@@ -26,7 +26,8 @@ Not followed from the reference: its ReLU passes the gradient also where the uni
 ReLU); here the model's own activation and its derivative are used.
 
 Train it with Adam: with the repo's default SGD (lr 0.05, momentum 0.9, cosine) FF stays near chance on digits
-after 8 epochs, while Adam at lr 0.02 without a schedule reaches 0.89 (see the method yaml).
+after 8 epochs. Digits, 3x256 MLP, 8 epochs, Adam without a schedule: the reference form reaches 0.88 at lr 0.005
+(0.40 at lr 0.02: its inputs are sqrt(D) times longer), the former form 0.86 at lr 0.02.
 
 Prediction overlays each of the K labels in turn and picks the one with the highest goodness summed over the
 blocks from `score_from` on (Hinton skipped the first hidden layer); those scores are the logits, so `test/loss`
