@@ -241,7 +241,7 @@ def test_the_reference_formulation_learns_digits(tmp_path):
     assert summary["test_acc"] > REFERENCE_FLOOR, summary
 
 
-REFERENCE_FLOOR = 0.6
+REFERENCE_FLOOR = 0.6  # measured 0.81 and 0.85 (seeds 0, 1); the former form at lr 0.02: 0.84, 0.84
 
 
 @pytest.mark.parametrize("overrides, match", [
