@@ -168,7 +168,7 @@ def test_predsim_learns_digits(tmp_path):
     assert len(summary["block_test_acc"]) == 3
 
 
-FLOOR = 0.65  # measured 0.83 (seeds 0-2: 0.83, 0.84, 0.83) after 3 epochs
+FLOOR = 0.65  # measured 0.78 (seed 0) after 3 epochs with the losses before the pool; 0.84 with them after it
 
 
 @pytest.mark.parametrize("loss", ["pred", "sim", "predsim"])
