@@ -156,3 +156,98 @@ def test_probe_on_digits(tmp_path):
     acc = summary["probe_acc"]
     assert len(acc) == 3 and all(0.0 <= a <= 1.0 for a in acc)
     assert acc[-1] > 0.5, acc  # chance is 0.10
+
+
+# ------------------------------------------------------------------------------------------------ locality
+LOCAL_RULES = ["dgl", "dni", "cdni", "ssl", "predsim", "infopro", "random_features"]
+MLP_FF = ["model=mlp", "model.widths=[12,10,8]", "model.head_hidden=[16]"]
+
+
+def certify_rule(method: str, model=None, extra=()):
+    from layerwise.locality import certify
+
+    if model is None:
+        net, rule, x, y = make(method, extra)
+    else:
+        cfg = compose_cfg([*model, f"method={method}", *extra])
+        torch.manual_seed(0)
+        net, rule = build_network(cfg.model, SPEC), build_rule(cfg.method)
+        x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 5, (16,))
+        rule.setup(net, x, SPEC.num_classes)
+    before = [p.detach().clone() for p in [*net.parameters(), *rule.parameters()]]
+    result = certify(net, rule, x, y)
+    after = [*net.parameters(), *rule.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(after, before)) and all(p.grad is None for p in after)
+    return result
+
+
+def reaches(result):
+    return [b["signal_reaches"] for b in result["blocks"]], result["head_signal_reaches"]
+
+
+@pytest.mark.parametrize("method", LOCAL_RULES)
+def test_every_local_rule_certifies_local(method):
+    result = certify_rule(method)
+    assert result["local"] is True and result["rule_declares_local"] is True
+    blocks, head = reaches(result)
+    for i, touched in enumerate(blocks):
+        assert touched in ([i], [])  # its own block, or none (the last block learns from the head)
+        assert result["blocks"][i]["depends_on_later_blocks"] is False
+    assert set(head) <= {2, "head"}  # the head's signal may train the last block (DGL, DNI, InfoPro)
+
+
+def test_predsim_and_forward_forward_train_every_block_on_its_own_signal():
+    assert reaches(certify_rule("predsim")) == ([[0], [1], [2]], ["head"])
+    ff = certify_rule("forward_forward", MLP_FF)
+    assert ff["local"] is True and reaches(ff) == ([[0], [1], [2]], [])  # FF's head is frozen: no signal
+    assert reaches(certify_rule("random_features")) == ([[], [], []], ["head"])
+
+
+@pytest.mark.parametrize("method", ["bp", "fa", "sign_symmetry"])
+def test_backprop_and_feedback_alignment_reach_every_block_from_the_head(method):
+    result = certify_rule(method)
+    assert result["local"] is False
+    assert reaches(result) == ([[], [], []], [0, 1, 2, "head"])
+    assert [b["depends_on_later_blocks"] for b in result["blocks"]] == [True, True, False]
+
+
+def test_dfa_reaches_each_block_alone_but_carries_the_output_error():
+    """DFA's B_i·e reaches block i only (no gradient crosses a block), yet e depends on every later block."""
+    result = certify_rule("dfa")
+    blocks, head = reaches(result)
+    assert blocks == [[i] for i in range(len(blocks))] and head == ["head"]
+    assert [b["depends_on_later_blocks"] for b in result["blocks"]] == [True] * (len(blocks) - 1) + [False]
+    assert result["local"] is False and result["rule_declares_local"] is True
+
+
+def test_dgl_direct_global_is_not_local():
+    """Mixing the head's error into the aux gradient leaks downstream information into every block's update."""
+    result = certify_rule("dgl", extra=["method.direct_global=true"])
+    assert result["local"] is False
+    assert [b["depends_on_later_blocks"] for b in result["blocks"]][:2] == [True, True]
+    assert reaches(result)[0][:2] == [[0], [1]]  # the gradient paths alone would have passed it
+
+
+def test_a_rule_that_forgets_to_detach_is_caught():
+    """A rule declaring itself local whose block inputs are not detached: block 1's loss reaches block 0."""
+    net, rule, x, y = make("dgl", ["method.aux.hidden_dim=12"])
+    rule.block_input = lambda i, h: h  # the bug: no detach between blocks
+    from layerwise.locality import certify
+
+    result = certify(net, rule, x, y)
+    assert result["local"] is False and result["rule_declares_local"] is True
+    assert reaches(result)[0][:2] == [[0], [0, 1]]
+
+
+def test_locality_goes_to_summary_through_the_cli(tmp_path):
+    from conftest import run_cli, run_dirs
+
+    proc = run_cli(["method=dgl", "diagnostics=locality", *TINY, "model=basic_cnn", "model.channels=[4,4]",
+                    "model.head_hidden=[]"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    summary = read_summary(run_dirs(tmp_path)[0])
+    assert summary["locality"] == {
+        "local": True, "rule_declares_local": True, "head_signal_reaches": [1, "head"],
+        "blocks": [{"block": 0, "signal_reaches": [0], "depends_on_later_blocks": False},
+                   {"block": 1, "signal_reaches": [], "depends_on_later_blocks": False}]}
+    assert compose_cfg(["diagnostics=[locality,probe]"]).diagnostics.locality.check_later_blocks is True

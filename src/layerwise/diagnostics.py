@@ -1,10 +1,11 @@
-"""Diagnostics callbacks (`diagnostics=alignment`, `diagnostics=probe`, or both as a list).
+"""Diagnostics callbacks (`diagnostics=alignment`, `diagnostics=probe`, `diagnostics=locality`, or a list).
 
 - `GradientAlignment`: every N training batches, before the batch's training step, how well the rule's
   gradient for each block points along the true end-to-end backprop gradient (cosine), and for
   feedback-alignment layers the angle between W and its feedback matrix B.
 - `LinearProbe`: after training, how linearly separable each block's features are (test accuracy of a
   linear softmax classifier on frozen, pooled features).
+- `Locality` (layerwise.locality): on the first batch, which blocks each of the rule's signals reaches.
 
 Both log to every logger of the trainer (metrics.csv, wandb) on Lightning's own step axis (batches trained,
 counted across epochs), and keep their last values for summary.json (`summary()`).
@@ -263,4 +264,8 @@ def build_diagnostics(cfg) -> list[L.Callback]:
         callbacks.append(GradientAlignment(**selected.alignment))
     if selected.get("probe") is not None:
         callbacks.append(LinearProbe(seed=int(cfg.seed), **selected.probe))
+    if selected.get("locality") is not None:
+        from layerwise.locality import Locality
+
+        callbacks.append(Locality(**selected.locality))
     return callbacks

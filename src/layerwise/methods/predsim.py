@@ -22,6 +22,12 @@ Details follow the paper's code (github.com/anokland/local-loss):
 - The pool kernel doubles in height, then in width, until the flattened size fits. We pool to the resulting
   output size with an adaptive average pool, not the code's padded AvgPool2d; the two agree when the kernel
   divides the map.
+- Both losses read a conv layer's output *before* its max-pool: in the paper's VGGs the pool is a layer of its own
+  after the local-loss block. Here a conv layer carries its pool (models.py), so a forward pre-hook on a block's
+  trailing pool keeps the map that enters it; the block still passes the pooled map on. `loss_before_pool=false`
+  reads the pooled output instead (this project's behaviour before that fix).
+- The paper's network output layer starts at zero when the network trains with local losses
+  (`zero_init_head=true`, set by the nokland_vgg8b preset).
 """
 from __future__ import annotations
 
@@ -36,6 +42,40 @@ from layerwise.methods.base import LearningRule, Signal, TrainGroup, output_shap
 from layerwise.models import Network
 
 LOSSES = ("pred", "sim", "predsim")
+POOLS = (nn.MaxPool2d, nn.AvgPool2d)
+
+
+def trailing_pool(block: nn.Module) -> nn.Module | None:
+    """The pool a block ends with (also inside nested Sequentials, e.g. a LayerGroup of conv layers), or None."""
+    last = block
+    while isinstance(last, nn.Sequential) and len(last):
+        last = last[-1]
+    return last if isinstance(last, POOLS) else None
+
+
+class PrePoolMaps:
+    """Forward pre-hook target: keeps, per block index, the map entering that block's trailing pool.
+
+    A plain object the rule owns (not a closure over the rule), so a deepcopy of (net, rule) together gives the
+    copied net's hooks the copied rule's store.
+    """
+
+    def __init__(self):
+        self.maps: dict[int, torch.Tensor] = {}
+
+    def hook(self, i: int) -> "_Keep":
+        return _Keep(self, i)
+
+    def pop(self, i: int, default: torch.Tensor) -> torch.Tensor:
+        return self.maps.pop(i, default)
+
+
+class _Keep:
+    def __init__(self, store: PrePoolMaps, i: int):
+        self.store, self.i = store, i
+
+    def __call__(self, module, args):
+        self.store.maps[self.i] = args[0]
 
 
 def similarity_matrix(x: torch.Tensor) -> torch.Tensor:
@@ -111,6 +151,8 @@ class LocalErrorSignals(LearningRule):
         self.loss = str(cfg.loss)
         self.beta = float(cfg.beta)
         self.dim_in_decoder = int(cfg.dim_in_decoder)
+        self.loss_before_pool = bool(cfg.get("loss_before_pool", True))
+        self.zero_init_head = bool(cfg.get("zero_init_head", False))
         if self.loss not in LOSSES:
             raise ConfigError(f"method.loss={self.loss!r} is not known; choose one of {', '.join(LOSSES)}")
         if not 0.0 <= self.beta <= 1.0:
@@ -118,14 +160,34 @@ class LocalErrorSignals(LearningRule):
         if self.dim_in_decoder < 1:
             raise ConfigError(f"method.dim_in_decoder={self.dim_in_decoder} must be >= 1 (e.g. 2048)")
         self.local_losses = nn.ModuleList()
+        self.pre_pool = PrePoolMaps()
+        self.pooled_blocks: list[int] = []
 
     def setup(self, net: Network, example: torch.Tensor, num_classes: int) -> None:
         super().setup(net, example, num_classes)
+        if self.loss_before_pool:
+            for i, block in enumerate(net.blocks):
+                pool = trailing_pool(block)
+                if pool is not None:
+                    pool.register_forward_pre_hook(self.pre_pool.hook(i))
+                    self.pooled_blocks.append(i)
+        shapes = output_shapes(net, example)  # the hooks see this pass too: loss inputs are the pre-pool maps
+        shapes = [self.pre_pool.pop(i, None).shape[1:] if i in self.pooled_blocks else s for i, s in enumerate(shapes)]
         self.local_losses = nn.ModuleList(
-            LocalLoss(shape, num_classes, self.loss, self.dim_in_decoder) for shape in output_shapes(net, example))
+            LocalLoss(shape, num_classes, self.loss, self.dim_in_decoder) for shape in shapes)
+        if self.zero_init_head:
+            last = [m for m in net.head.modules() if isinstance(m, nn.Linear)]
+            if not last:
+                raise ConfigError("method.zero_init_head=true needs a Linear output layer in the network head")
+            nn.init.zeros_(last[-1].weight)  # as the paper's code for locally trained networks (bias untouched)
+
+    def loss_input(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        """What block i's local losses read: the map before its trailing pool if it has one, else its output."""
+        return self.pre_pool.pop(i, h)
 
     def block_signal(self, i: int, h: torch.Tensor, y: torch.Tensor) -> Signal:
         local = self.local_losses[i]
+        h = self.loss_input(i, h)
         logits = local.pred_logits(h)
         metrics = {}
         if self.loss == "pred":
@@ -139,7 +201,7 @@ class LocalErrorSignals(LearningRule):
         return Signal(loss=total, logits=logits, metrics=metrics)
 
     def block_logits(self, i: int, h: torch.Tensor) -> torch.Tensor | None:
-        return self.local_losses[i].pred_logits(h)
+        return self.local_losses[i].pred_logits(self.loss_input(i, h))
 
     def train_groups(self, net: Network) -> list[TrainGroup]:
         n = len(net.blocks)
@@ -153,4 +215,8 @@ class LocalErrorSignals(LearningRule):
             parts.append(f"beta {self.beta:g}")
         if self.loss != "sim":
             parts.append(f"decoder <= {self.dim_in_decoder}")
+        if self.pooled_blocks:
+            parts.append(f"losses before the pool of blocks {self.pooled_blocks}")
+        if self.zero_init_head:
+            parts.append("output layer from zero")
         return f"predsim ({', '.join(parts)})"

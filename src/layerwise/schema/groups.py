@@ -403,9 +403,16 @@ class ProbeSchema:
 
 
 @dataclass
+class LocalitySchema:
+    PATH: ClassVar[str] = "diagnostics.locality"
+    check_later_blocks: bool = True
+
+
+@dataclass
 class DiagnosticsSchema:
     alignment: Optional[AlignmentSchema] = None
     probe: Optional[ProbeSchema] = None
+    locality: Optional[LocalitySchema] = None
 
 
 @dataclass

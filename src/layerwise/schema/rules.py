@@ -177,11 +177,25 @@ class DfaSchema(RuleSchema):
 
 @dataclass
 class ForwardForwardSchema(RuleSchema):
-    threshold: float = 5.0
+    threshold: Any = "units"         # a number, or units (theta = the block's width)
     score_from: int = 0
+    loss_reduction: str = "mean"
+    normalize: str = "rms"
+    peer_normalization: float = 0.03
+    peer_momentum: float = 0.9
 
     def __post_init__(self) -> None:
+        from layerwise.methods.forward_forward import LOSS_REDUCTIONS, NORMALIZATIONS
+
+        if self.threshold != "units" and (isinstance(self.threshold, bool)
+                                          or not isinstance(self.threshold, (int, float))):
+            raise ConfigError(f"method.threshold={self.threshold!r} must be a number or units (the block's width), "
+                              "e.g. method.threshold=units")
         in_range(self, "score_from", 0, example=1)
+        one_of(self, "loss_reduction", LOSS_REDUCTIONS)
+        one_of(self, "normalize", NORMALIZATIONS)
+        in_range(self, "peer_normalization", 0, example=0.03, what="the reference uses 0.03")
+        in_range(self, "peer_momentum", 0, 1, high_open=True, example=0.9)
 
 
 @dataclass
@@ -221,6 +235,8 @@ class PredSimSchema(RuleSchema):
     loss: str = "predsim"
     beta: float = 0.99
     dim_in_decoder: int = 2048
+    loss_before_pool: bool = True
+    zero_init_head: bool = False
 
     def __post_init__(self) -> None:
         from layerwise.methods.predsim import LOSSES
