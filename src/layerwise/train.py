@@ -138,10 +138,10 @@ def _checkpoint_callbacks(dirpath: Path, monitor: str) -> list[ModelCheckpoint]:
 
 
 def checkpoint_epochs_done(checkpoint: dict) -> int:
-    """Epochs a checkpoint has fully trained: its position's epoch, plus one when that epoch's last batch ran."""
-    position = checkpoint[KEY]["position"]
-    loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
-    return int(position["epoch"]) + int(bool(loop.get("is_last_batch")))
+    """Epochs a checkpoint has fully trained: Lightning counts an epoch `processed` once its training batches
+    all ran (a checkpoint from a stop mid-epoch, even before its last batch, has not)."""
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    return int(progress.get("processed", checkpoint[KEY]["position"]["epoch"]))
 
 
 def _prepare_resume(target: ResumeTarget, datamodule, module: LayerwiseModule, identity: dict,
