@@ -249,9 +249,10 @@ BAD_RESUME = {
     "resume-sweep": (lambda run, tmp: ["-m", f"resume={run}", "seed=1,2"], "resume= continues one run, not a sweep"),
     "output-dir-not-writable": (lambda run, tmp: ["paths.output_root=/proc/layerwise-runs"],
                                 "cannot write to the output directory /proc/layerwise-runs"),
-    "checkpoint-other-architecture": (lambda run, tmp: [f"resume={run}", "model.widths=[32]"],
+    # trainer.max_epochs=2: the finished run is continued to train longer, so the checkpoint is then checked
+    "checkpoint-other-architecture": (lambda run, tmp: [f"resume={run}", "model.widths=[32]", "trainer.max_epochs=2"],
                                       "was written by another network or rule (3 tensors differ"),
-    "checkpoint-other-rule": (lambda run, tmp: [f"resume={run}", "method=fa"],
+    "checkpoint-other-rule": (lambda run, tmp: [f"resume={run}", "method=fa", "trainer.max_epochs=2"],
                               "was written by another network or rule (method=bp (this run: fa)"),
     "checkpoint-truncated": (lambda run, tmp: [f"resume={_truncated(run, tmp)}"], "is not a checkpoint"),
     "checkpoint-with-objects": (lambda run, tmp: [f"resume={_pickled_object(run, tmp)}"],
