@@ -249,9 +249,10 @@ BAD_RESUME = {
     "resume-sweep": (lambda run, tmp: ["-m", f"resume={run}", "seed=1,2"], "resume= continues one run, not a sweep"),
     "output-dir-not-writable": (lambda run, tmp: ["paths.output_root=/proc/layerwise-runs"],
                                 "cannot write to the output directory /proc/layerwise-runs"),
-    "checkpoint-other-architecture": (lambda run, tmp: [f"resume={run}", "model.widths=[32]"],
+    # trainer.max_epochs=2: the finished run is continued to train longer, so the checkpoint is then checked
+    "checkpoint-other-architecture": (lambda run, tmp: [f"resume={run}", "model.widths=[32]", "trainer.max_epochs=2"],
                                       "was written by another network or rule (3 tensors differ"),
-    "checkpoint-other-rule": (lambda run, tmp: [f"resume={run}", "method=fa"],
+    "checkpoint-other-rule": (lambda run, tmp: [f"resume={run}", "method=fa", "trainer.max_epochs=2"],
                               "was written by another network or rule (method=bp (this run: fa)"),
     "checkpoint-truncated": (lambda run, tmp: [f"resume={_truncated(run, tmp)}"], "is not a checkpoint"),
     "checkpoint-with-objects": (lambda run, tmp: [f"resume={_pickled_object(run, tmp)}"],
@@ -324,3 +325,20 @@ def test_summary_state_survives_a_resume():
     assert resumed.best_test_acc == pytest.approx(0.297) and resumed.best_val_acc == pytest.approx(0.31)
     assert resumed.imgs_per_sec == [100.0, 200.0] and resumed.segments == 2
     assert resumed.state_dict()["wall_s"] >= 50.0
+
+
+def test_best_score_survives_a_resume_through_another_spelling_of_the_run_dir(tmp_path):
+    """A symlinked experiments/ (common on clusters): Lightning would compare the paths as strings and forget the
+    best score, and best.ckpt would then be overwritten by a worse epoch."""
+    from layerwise.checkpoint import RunCheckpoint
+
+    real = tmp_path / "scratch" / "run" / "checkpoints"
+    real.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "scratch")
+    before = RunCheckpoint(dirpath=real, filename="best", monitor="test/acc", mode="max")
+    before.best_model_score = torch.tensor(0.297)
+    after = RunCheckpoint(dirpath=tmp_path / "link" / "run" / "checkpoints", filename="best", monitor="test/acc",
+                          mode="max")
+    assert after.state_key == before.state_key and after.state_key.startswith("ModelCheckpoint{")
+    after.load_state_dict(before.state_dict())
+    assert after.best_model_score == pytest.approx(0.297)

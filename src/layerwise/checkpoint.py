@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from layerwise.errors import LayerwiseError
 from layerwise.resume import run_dir_of
@@ -87,3 +88,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f"could not write checkpoint {path}: {reason}; earlier checkpoints are intact. Free disk space "
                 "(or check permissions/quota) or set paths.output_root to another disk, then continue with "
                 f"resume={run_dir_of(path)}") from err
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, except that its best score survives a resume in the same run directory reached
+    by another spelling (a symlinked `experiments/`, a relative path): Lightning compares the saved directory as a
+    string and otherwise starts the best score afresh, so best.ckpt would be overwritten by a worse epoch."""
+
+    def _generate_state_key(self, **kwargs) -> str:
+        return f"ModelCheckpoint{kwargs!r}"  # the key plain ModelCheckpoint uses: earlier checkpoints still match
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        saved = state_dict.get("dirpath")
+        if saved and self.dirpath and os.path.realpath(saved) == os.path.realpath(self.dirpath):
+            state_dict = {**state_dict, "dirpath": self.dirpath}
+        super().load_state_dict(state_dict)

@@ -11,12 +11,11 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from loguru import logger
 from omegaconf import DictConfig, OmegaConf
 
-from layerwise.checkpoint import AtomicCheckpointIO, load_checkpoint
+from layerwise.checkpoint import AtomicCheckpointIO, RunCheckpoint, load_checkpoint
 from layerwise.checks import check_config, check_device
 from layerwise.csv_continue import ContinuedCSVLogger
 from layerwise.data import ImageDataModule
@@ -132,21 +131,21 @@ def build_experiment(cfg: DictConfig):
     return datamodule, module
 
 
-def _checkpoint_callbacks(dirpath: Path, monitor: str) -> list[ModelCheckpoint]:
+def _checkpoint_callbacks(dirpath: Path, monitor: str) -> list[RunCheckpoint]:
     """best.ckpt (highest `monitor`) and last.ckpt after every epoch. Two callbacks, because Lightning 2.6's
     save_last=True only refreshes last.ckpt in epochs where the best one changed."""
-    best = ModelCheckpoint(dirpath=dirpath, filename="best", monitor=monitor, mode="max", save_top_k=1,
+    best = RunCheckpoint(dirpath=dirpath, filename="best", monitor=monitor, mode="max", save_top_k=1,
                            auto_insert_metric_name=False, enable_version_counter=False)
-    last = ModelCheckpoint(dirpath=dirpath, filename="last", monitor=None, save_top_k=1,
+    last = RunCheckpoint(dirpath=dirpath, filename="last", monitor=None, save_top_k=1,
                            auto_insert_metric_name=False, enable_version_counter=False)
     return [best, last]
 
 
 def checkpoint_epochs_done(checkpoint: dict) -> int:
-    """Epochs a checkpoint has fully trained: its position's epoch, plus one when that epoch's last batch ran."""
-    position = checkpoint[KEY]["position"]
-    loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
-    return int(position["epoch"]) + int(bool(loop.get("is_last_batch")))
+    """Epochs a checkpoint has fully trained: Lightning counts an epoch `processed` once its training batches
+    all ran (a checkpoint from a stop mid-epoch, even before its last batch, has not)."""
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    return int(progress.get("processed", checkpoint[KEY]["position"]["epoch"]))
 
 
 def _prepare_resume(target: ResumeTarget, datamodule, module: LayerwiseModule, identity: dict,
