@@ -340,9 +340,19 @@ def fit_pipeline(cfg: DictConfig, run_dir: Path, resume: ResumeTarget | None = N
     previous = _load_resume(resume, cfg, module, datamodule, identity) if resume else None
     logger.info(f"{cfg.name}: {module.rule.describe()} on {cfg.model.name} ({len(module.net.blocks)} blocks), "
                 f"pipelined -> {run_dir}")
-    with tempfile.TemporaryDirectory(prefix="pipeline_") as tmp:
-        result = train_pipeline(cfg, Path(tmp), module, datamodule, resume_from=resume and resume.checkpoint,
-                                stop=stop, stop_at=stop_at)
+    try:
+        with tempfile.TemporaryDirectory(prefix="pipeline_") as tmp:
+            result = train_pipeline(cfg, Path(tmp), module, datamodule, resume_from=resume and resume.checkpoint,
+                                    stop=stop, stop_at=stop_at)
+    except Interrupted:  # stopped at once (a second Ctrl-C): no new checkpoint; last.ckpt, if any, is older
+        if not (run_dir / "summary.json").is_file():
+            write_json_atomic(run_dir / "summary.json", {
+                "status": "interrupted", **identity, "config_hash": config_hash(cfg),
+                "epochs_done": int(previous[KEY]["position"]["epoch"]) if previous else 0,
+                **dict.fromkeys(("test_acc", "best_test_acc", "test_loss", "imgs_per_sec", "steady_imgs_per_sec",
+                                 "peak_activation_mb", "skipped_batches")),
+                "block_test_acc": [], "wall_s": round(time.perf_counter() - t0, 2)})
+        raise
     history, plan, stopped = result["history"], result["plan"], result["stopped"]
     _write_metrics(run_dir / "metrics.csv", history)
 
