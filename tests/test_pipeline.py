@@ -99,7 +99,9 @@ def test_summary_has_the_default_runs_keys(runs):
     pipeline does not measure it), plus its own `pipeline` and `steady_imgs_per_sec`."""
     _, pipelined, sequential = runs
     assert set(sequential) - set(pipelined) == set()
-    assert set(pipelined) - set(sequential) == {"pipeline", "steady_imgs_per_sec"}
+    # segment_wall_s, segments, selected_on: keys the default summary gains with resume-aware summaries
+    assert set(pipelined) - set(sequential) <= {"pipeline", "steady_imgs_per_sec", "segment_wall_s", "segments",
+                                                 "selected_on"}
     assert pipelined["config_hash"] != sequential["config_hash"]  # trainer=pipeline is part of what is trained
     assert pipelined["peak_activation_mb"] is None and pipelined["skipped_batches"] is None
 
@@ -144,6 +146,7 @@ def test_stop_mid_epoch_then_resume_is_bit_identical(runs, tmp_path):
     _assert_same(_training_state(root / "pipeline"), _training_state(tmp_path))
     assert _metrics(tmp_path) == _metrics(root / "pipeline")  # epoch 2's losses join both segments exactly
     assert resumed["best_test_acc"] == runs[1]["best_test_acc"]
+    assert resumed["segments"] == 2 and resumed["wall_s"] > resumed["segment_wall_s"]
 
 
 def test_sigterm_then_requeued_job_continues_bit_identical(runs, tmp_path):

@@ -3,9 +3,14 @@
 Local rules need no backward communication: stage k trains its blocks with their local losses on what stage
 k-1 sends and passes its detached output on (`layerwise.pipeline_stage`). Processes are started with
 torch.multiprocessing (spawn) and talk through torch.distributed point-to-point messages (gloo on CPU, NCCL
-when every stage has its own GPU). After training this process assembles the stages' parameters into one
-LayerwiseModule (the state_dict keys of a normal run), evaluates it with the rule's `evaluate`, and writes
-`checkpoints/last.ckpt`, `metrics.csv` and `summary.json`.
+when every stage has its own GPU). This process logs each epoch's line as the stages report it; after
+training it assembles the stages' parameters into one LayerwiseModule (the state_dict keys of a normal run),
+evaluates it with the rule's `evaluate`, and writes `checkpoints/last.ckpt` (weights plus every stage's
+training state, so it can be resumed), `metrics.csv` and `summary.json` (the keys of a default run's).
+
+A stop signal (Preemption in train.run, or a stage's own handler) ends every stage before the same batch
+(`pipeline_stage`); the checkpoint and an `interrupted` summary are written and `Interrupted` is raised, so
+train.run reports it and exits with 128 + the signal, as for the default trainer.
 """
 from __future__ import annotations
 
@@ -366,8 +371,11 @@ def fit_pipeline(cfg: DictConfig, run_dir: Path, resume: ResumeTarget | None = N
         test = evaluate(module, loaders if not has_val else loaders[0], cfg.trainer.limit_val_batches)
         val = evaluate(module, loaders[1], cfg.trainer.limit_val_batches) if has_val else None
         epochs_done = int(cfg.trainer.max_epochs)
-    wall_s = round(time.perf_counter() - t0, 2)
-    before = float(previous["pipeline"].get("wall_s_total", 0.0)) if previous else 0.0
+    segment_wall_s = round(time.perf_counter() - t0, 2)
+    earlier = previous["pipeline"] if previous else {}
+    wall_s, segments = round(float(earlier.get("wall_s", 0.0)) + segment_wall_s, 2), int(earlier.get("segments", 0)) + 1
+    if stop is not None:  # a second Ctrl-C now would cut the checkpoint write short: it waits (Preemption)
+        stop.stopping = True
     AtomicCheckpointIO().save_checkpoint({
         # Lightning's layout (state_dict, epoch) with layerwise's run state, plus every stage's training state;
         # module.load_state_dict(load_checkpoint(path)["state_dict"]) restores the weights.
@@ -376,7 +384,7 @@ def fit_pipeline(cfg: DictConfig, run_dir: Path, resume: ResumeTarget | None = N
         KEY: {"format": FORMAT, "identity": identity, "groups": group_layout(module.groups, module._group_params),
               "position": {k: int(v) for k, v in result["position"].items()}, "rng": None, "wandb_id": None},
         "pipeline": {"starts": list(plan.starts), "buffer": plan.buffer, "stages": result["stages"],
-                     "wall_s_total": before + wall_s},
+                     "wall_s": wall_s, "segments": segments},
     }, run_dir / "checkpoints" / "last.ckpt")
     rates = [row["train/imgs_per_sec"] for row in history if row["train/imgs_per_sec"]]
     data = {
@@ -393,11 +401,12 @@ def fit_pipeline(cfg: DictConfig, run_dir: Path, resume: ResumeTarget | None = N
         # drain and evaluation: at least imgs_per_sec, up to the slowest stage's own speed.
         "steady_imgs_per_sec": result["steady_imgs_per_sec"],
         "peak_activation_mb": None,  # not measured per stage
-        "wall_s": wall_s,
+        "wall_s": wall_s,  # the whole run's (all segments, as a default run's summary)
+        "segment_wall_s": segment_wall_s, "segments": segments,  # this process's part, and how many there were
+        "selected_on": None,  # no best.ckpt under trainer=pipeline
         "skipped_batches": None,  # trainer.nonfinite is not applied under trainer=pipeline
         "pipeline": {"stages": plan.stages, "blocks": _blocks(plan.starts), "backend": plan.backend,
-                     "buffer": plan.buffer, "threads_per_stage": plan.threads, "replay_steps": result["replay_steps"],
-                     "wall_s_total": round(before + wall_s, 2)},
+                     "buffer": plan.buffer, "threads_per_stage": plan.threads, "replay_steps": result["replay_steps"]},
     }
     write_json_atomic(run_dir / "summary.json", data)
     if stopped:
