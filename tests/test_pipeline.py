@@ -209,6 +209,20 @@ def test_resume_refusals_one_line(runs, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_finished_run_trains_on_with_more_epochs(runs, tmp_path):
+    """A completed pipeline run's last.ckpt holds the training state: trainer.max_epochs=4 continues it."""
+    import shutil
+
+    from layerwise.pipeline import fit_pipeline
+    from layerwise.resume import resolve
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs[0] / "pipeline", run_dir)
+    longer = fit_pipeline(compose_cfg([*PIPELINE, "trainer.max_epochs=4"]), run_dir, resolve(str(run_dir), tmp_path))
+    assert longer["status"] == "completed" and longer["epochs_done"] == 4 and longer["segments"] == 2
+    assert _metrics(run_dir)[:3] == _metrics(runs[0] / "pipeline") and len(_metrics(run_dir)) == 4
+
+
 def test_refused_rule_one_line_error(tmp_path):
     result = run_cli(["trainer=pipeline", "method=bp", "data=synthetic", "trainer.accelerator=cpu", "logger=none"],
                      tmp_path, timeout=120)
