@@ -196,13 +196,17 @@ def test_resume_refusals_one_line(runs, tmp_path):
     root = runs[0]
     pipeline_run, default_run = resolve(str(root / "pipeline"), root), resolve(str(root / "sequential"), root)
     before = {p: p.read_bytes() for p in (root / "pipeline").rglob("*") if p.is_file()}
+
+    def accept():  # train.run's: the run may write into its directory from now on
+        pytest.fail("a refused resume was accepted")
+
     with pytest.raises(ConfigError, match=r"trainer.pipeline.split=\[1,2\]"):
         fit_pipeline(compose_cfg([*PIPELINE, "trainer.pipeline.split=[2,1]", "trainer.max_epochs=4"]), tmp_path,
-                     pipeline_run)
+                     pipeline_run, accept=accept)
     with pytest.raises(ConfigError, match="already trained 3 epochs.*raise trainer.max_epochs above 3"):
-        fit_pipeline(compose_cfg(PIPELINE), tmp_path, pipeline_run)
+        fit_pipeline(compose_cfg(PIPELINE), tmp_path, pipeline_run, accept=accept)
     with pytest.raises(CheckpointError, match="written by trainer=default, not trainer=pipeline"):
-        fit_pipeline(compose_cfg([*PIPELINE, "trainer.max_epochs=4"]), tmp_path, default_run)
+        fit_pipeline(compose_cfg([*PIPELINE, "trainer.max_epochs=4"]), tmp_path, default_run, accept=accept)
     with pytest.raises(CheckpointError, match="written by trainer=pipeline"):
         fit(compose_cfg([*BASE, "trainer=default", "trainer.max_epochs=4"]), tmp_path, pipeline_run)
     assert before == {p: p.read_bytes() for p in (root / "pipeline").rglob("*") if p.is_file()}

@@ -328,11 +328,12 @@ def _best(history: list[dict], key: str, final: float | None) -> float | None:
 
 
 def fit_pipeline(cfg: DictConfig, run_dir: Path, resume: ResumeTarget | None = None, stop: Preemption | None = None,
-                 *, stop_at: tuple[int, int] | None = None) -> dict:
+                 *, stop_at: tuple[int, int] | None = None, accept=None) -> dict:
     """`train.fit` for trainer=pipeline: the outputs of a default run (summary.json with the same keys,
     metrics.csv, checkpoints/last.ckpt), resumable. On a stop signal (`stop`, or `stop_at` = (epoch, batch) in
     tests) every stage stops before the same batch, the checkpoint and an `interrupted` summary are written and
-    Interrupted is raised (train.run exits with 128 + the signal's number)."""
+    Interrupted is raised (train.run exits with 128 + the signal's number). `accept()`, if given, is called once
+    a resumed checkpoint is checked: nothing is written into `run_dir` before."""
     t0 = time.perf_counter()
     check_pipeline_rule(cfg)  # before any data is loaded
     if cfg.get("diagnostics"):
@@ -343,6 +344,8 @@ def fit_pipeline(cfg: DictConfig, run_dir: Path, resume: ResumeTarget | None = N
     datamodule, module = build_experiment(cfg)
     identity = run_identity(cfg)
     previous = _load_resume(resume, cfg, module, datamodule, identity) if resume else None
+    if accept is not None:
+        accept()
     logger.info(f"{cfg.name}: {module.rule.describe()} on {cfg.model.name} ({len(module.net.blocks)} blocks), "
                 f"pipelined -> {run_dir}")
     try:
