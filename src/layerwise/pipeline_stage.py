@@ -6,7 +6,15 @@ step after that block), and sends its detached output on. Nothing flows backward
 
 Wire protocol (point-to-point, stage k -> k+1): a header [kind, n] (int64), then for data kinds the tensors
 h (n, *shape), y (n,) and, for rules whose local loss needs the input image (ssl, infopro), x (n, *image).
-kind: TRAIN / EVAL batch, END of a phase (one train epoch or one evaluation split), DONE (last message).
+kind: TRAIN / EVAL batch, END of a phase (one train epoch or one evaluation split), DONE (last message),
+STOP (a stop signal: the stage passes it on, saves its training state and ends).
+
+Stopping (SIGTERM, SIGINT, SIGUSR1): stage 0 alone decides where, before a training batch, when a stop was
+requested (its own handler, a later stage's, or the parent's, all through one shared flag). It sends STOP
+instead of that batch; the messages are ordered, so every stage has then trained exactly the same batches. Each
+stage saves its part of the training state (optimizers, schedulers, RNG, replay buffer, the epoch's partial
+metrics); the parent assembles them into one resumable checkpoint. A resumed stage loads its part back and
+stage 0 restarts the epoch after the batches already done (`ImageDataModule.resume_at`).
 
 buffer = 0: every stage blocks on its input, so each stage sees each batch once, in the data order, and the
 updates are those of sequential DGL, bit for bit. buffer = M > 0 (asynchronous DGL with a replay buffer): a
@@ -20,6 +28,7 @@ from __future__ import annotations
 import os
 import queue
 import random
+import signal
 import sys
 import threading
 import time
@@ -34,10 +43,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
+from layerwise.checkpoint import load_checkpoint
 from layerwise.methods.base import Signal, output_shapes
 from layerwise.optim import build_optimizer, build_scheduler
+from layerwise.preemption import SIGNALS
+from layerwise.run_state import KEY, restore_rng, rng_state
 
-TRAIN, EVAL, END, DONE = 0, 1, 2, 3
+TRAIN, EVAL, END, DONE, STOP = 0, 1, 2, 3, 4
 EVAL_SPLITS = ("test", "val")  # the order of the data module's evaluation loaders
 
 
@@ -54,6 +66,8 @@ class StagePlan:
     buffer: int = 0
     timeout_s: float = 300.0
     warmup_batches: int = 2
+    resume_from: str | None = None  # a pipeline checkpoint (checkpoints/last.ckpt) to continue from
+    stop_at: tuple[int, int] | None = None  # tests: stop as if signalled before this (epoch, batch)
 
     @property
     def stages(self) -> int:
@@ -86,6 +100,17 @@ class EpochMeter:
 
     def read(self) -> dict[str, float]:
         return {k: float(v) / self.counts[k] for k, v in self.sums.items() if self.counts[k]}
+
+    def state(self) -> dict:
+        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+
+    @classmethod
+    def restored(cls, state: dict | None) -> "EpochMeter":
+        meter = cls()
+        if state:
+            meter.sums.update(state["sums"])
+            meter.counts.update(state["counts"])
+        return meter
 
 
 class Link:
@@ -139,7 +164,7 @@ class Inbox:
             while True:
                 message = self.link.recv()
                 self.queue.put(message)
-                if message[0] == DONE:
+                if message[0] in (DONE, STOP):
                     return
         except BaseException as err:  # surfaced by get(); the process group timeout ends the others
             self.error = err
@@ -174,13 +199,24 @@ class Stage:
         mine = set(range(self.first, self.last)) | ({self.n} if self.is_last else set())
         self.groups = [g for g in module.groups if g.step_after in mine]
         self.optimizers = [build_optimizer(g.parameters(), optim_cfg, g.lr_scale) for g in self.groups]
-        self.schedulers = [s for s in (build_scheduler(o, optim_cfg, max_epochs) for o in self.optimizers)
-                           if s is not None]
+        self.group_schedulers = [build_scheduler(o, optim_cfg, max_epochs) for o in self.optimizers]
+        self.schedulers = [s for s in self.group_schedulers if s is not None]
         self.steps_after: dict[int, list[int]] = defaultdict(list)
         for k, g in enumerate(self.groups):
             self.steps_after[g.step_after].append(k)
         self.exit_blocks = list(module.exit_blocks)
         self.meter = EpochMeter()
+
+    def optim_state(self) -> dict:
+        """Each of this stage's groups' optimizer and scheduler state, by group name."""
+        return {g.name: {"optimizer": opt.state_dict(), "scheduler": None if sched is None else sched.state_dict()}
+                for g, opt, sched in zip(self.groups, self.optimizers, self.group_schedulers)}
+
+    def load_optim_state(self, saved: dict) -> None:
+        for g, opt, sched in zip(self.groups, self.optimizers, self.group_schedulers):
+            opt.load_state_dict(saved[g.name]["optimizer"])
+            if sched is not None and saved[g.name]["scheduler"] is not None:
+                sched.load_state_dict(saved[g.name]["scheduler"])
 
     # -------------------------------------------------------------- training (one batch, as run_batch)
     def _backward(self, signal: Signal | None, out: torch.Tensor, y: torch.Tensor, prefix: str) -> None:
@@ -249,10 +285,31 @@ def owned_state(module, stage: Stage) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in module.state_dict(keep_vars=True).items() if id(v) in owned}
 
 
-def run_stage(rank: int, cfg_dict: dict, plan: StagePlan) -> None:
-    """Process entry point (torch.multiprocessing.spawn): build the experiment, train this stage, save its part."""
+def _stop_handlers(stop_flag) -> None:
+    """A signal only asks for a stop (stage 0 picks the batch); a second Ctrl-C stops this process at once."""
+    received: list[int] = []
+
+    def handle(signum, frame):
+        if received:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        received.append(signum)
+        if not stop_flag.value:  # a plain shared int: safe to write from a signal handler
+            stop_flag.value = signum
+
+    for sig in SIGNALS:
+        signal.signal(sig, handle)
+
+
+def run_stage(rank: int, cfg_dict: dict, plan: StagePlan, stop_flag, reports) -> None:
+    """Process entry point (torch.multiprocessing): build the experiment, train this stage, save its part.
+
+    `stop_flag`: a shared int, the number of the signal that asked for a stop (0: none). `reports`: a queue to
+    the parent ("ready", rank) once built and ("epoch", rank, row) after each epoch, for its per-epoch lines."""
     from loguru import logger
 
+    _stop_handlers(stop_flag)
     logger.remove()  # the parent logs the run; a stage speaks only when something is wrong
     logger.add(lambda m: print(m, end="", flush=True), level="WARNING")
     torch.set_num_threads(plan.threads)
@@ -261,7 +318,9 @@ def run_stage(rank: int, cfg_dict: dict, plan: StagePlan) -> None:
     dist.init_process_group(plan.backend, init_method=f"tcp://127.0.0.1:{plan.port}", rank=rank,
                             world_size=plan.stages, timeout=timedelta(seconds=plan.timeout_s))
     try:
-        _train_stage(rank, cfg, plan)
+        _train_stage(rank, cfg, plan, stop_flag, reports)
+    except KeyboardInterrupt:  # a second Ctrl-C: the parent reports the stop
+        _exit_now(reports, 128 + signal.SIGINT)
     except BaseException:
         # spawn reports whichever stage it notices first, often a neighbour that lost its connection: each
         # stage prints its own error, so the cause is in the output too.
@@ -269,9 +328,42 @@ def run_stage(rank: int, cfg_dict: dict, plan: StagePlan) -> None:
         raise
     finally:
         dist.destroy_process_group()
+    _exit_now(reports, 0)
 
 
-def _train_stage(rank: int, cfg: DictConfig, plan: StagePlan) -> None:
+def _exit_now(reports, code: int) -> None:
+    """End the process without interpreter finalization: the stage's part is on disk, and tearing down torch and
+    every imported module took seconds (20 s on a loaded machine), which a stop signal's grace period (Slurm's
+    KillWait, 30 s by default) cannot spare. The reports queue and the console are flushed first."""
+    reports.close()
+    reports.join_thread()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _resumed_part(plan: StagePlan, rank: int, module, stage: Stage) -> tuple[dict | None, tuple[int, int]]:
+    """This stage's saved state (weights loaded, optimizers and schedulers restored) and where training
+    continues, (epoch, batches done); (None, (0, 0)) for a fresh run."""
+    if not plan.resume_from:
+        return None, (0, 0)
+    checkpoint = load_checkpoint(plan.resume_from, map_location="cpu")
+    module.load_state_dict(checkpoint["state_dict"])
+    part = checkpoint["pipeline"]["stages"][rank]
+    stage.load_optim_state(part["optim"])
+    position = checkpoint[KEY]["position"]
+    return part, (int(position["epoch"]), int(position["batches_done"]))
+
+
+def _steady_rate(ends: list[tuple[float, int]], warmup: int) -> tuple[float, int]:
+    """(seconds, images) of one epoch's batches after the first `warmup` ones: the pipeline is full then."""
+    steady = ends[warmup:]
+    if len(steady) < 2:
+        return 0.0, 0
+    return steady[-1][0] - steady[0][0], sum(n for _, n in steady[1:])
+
+
+def _train_stage(rank: int, cfg: DictConfig, plan: StagePlan, stop_flag, reports) -> None:
     from layerwise.train import build_experiment
 
     # Every stage builds the whole experiment from the same seed, so each module starts exactly as in a
@@ -283,6 +375,7 @@ def _train_stage(rank: int, cfg: DictConfig, plan: StagePlan) -> None:
     module.to(device)
     module.train()
     stage = Stage(module, plan, rank, device, cfg.optimizer, int(cfg.trainer.max_epochs), cfg.trainer.grad_clip)
+    saved, (start_epoch, first_batch) = _resumed_part(plan, rank, module, stage)
     in_shape = tuple(example.shape[1:]) if stage.first == 0 else tuple(shapes[stage.first - 1])
     link = Link(plan, rank, device, in_shape, tuple(example.shape[1:]))
     inbox = Inbox(link, plan.buffer) if rank > 0 else None
@@ -291,28 +384,57 @@ def _train_stage(rank: int, cfg: DictConfig, plan: StagePlan) -> None:
     rng = random.Random(int(cfg.seed) + rank)
     t = cfg.trainer
     history: list[dict] = []
-    batch_times: list[tuple[float, int]] = []  # (time after a fresh batch, its size), for steady-state img/s
     replays_total = 0
+    if saved is not None:
+        history, replays_total = list(saved["history"]), int(saved["replay_steps"])
+        memory.extend(tuple(None if v is None else v.to(device) for v in item) for item in saved["memory"])
+        version, internal, gauss = saved["replay_rng"]
+        rng.setstate((version, tuple(internal), gauss))
+        restore_rng(saved["rng"])  # last, so nothing above draws from the restored streams
     n_splits = 2 if getattr(datamodule, "val_set", None) is not None else 1
-    for epoch in range(int(t.max_epochs)):
+    reports.put(("ready", rank))
+
+    def save_part(position: tuple[int, int], meter: EpochMeter | None, replays: int, stopped: int) -> None:
+        torch.save({"state": owned_state(module, stage), "history": history, "replay_steps": replays_total,
+                    "blocks": [stage.first, stage.last], "stopped": stopped,
+                    "position": {"epoch": position[0], "batches_done": position[1]},
+                    # the training state a resume needs (checkpoint["pipeline"]["stages"][rank])
+                    "resume": {"optim": stage.optim_state(), "rng": rng_state(), "history": history,
+                               "replay_rng": [rng.getstate()[0], list(rng.getstate()[1]), rng.getstate()[2]],
+                               "memory": [tuple(None if v is None else v.cpu() for v in item) for item in memory],
+                               "meter": None if meter is None else meter.state(), "epoch_replays": replays,
+                               "replay_steps": replays_total}},
+                   Path(plan.out_dir) / f"stage{rank}.pt")
+
+    for epoch in range(start_epoch, int(t.max_epochs)):
+        resumed_epoch = saved is not None and epoch == start_epoch
         module.train()
-        stage.meter = EpochMeter()
-        replays, samples, t0 = 0, 0, None
+        stage.meter = EpochMeter.restored(saved["meter"] if resumed_epoch else None)
+        replays = int(saved["epoch_replays"]) if resumed_epoch and saved.get("meter") else 0
+        samples, t0, t_start = 0, None, time.monotonic()
+        batch_ends: list[tuple[float, int]] = []
         if rank == 0:
+            if resumed_epoch:
+                datamodule.resume_at(epoch, first_batch)  # the batches already trained are skipped by index
             loader = datamodule.train_dataloader()
             sampler = getattr(loader, "sampler", None)
             if hasattr(sampler, "set_epoch"):  # as Lightning does: the epoch picks the order (sampling.py)
                 sampler.set_epoch(epoch)
             limit = limit_batches(t.limit_train_batches, len(loader))
-            for b, (x, y) in enumerate(loader):
+            t_start = time.monotonic()
+            for b, (x, y) in enumerate(loader, start=first_batch if resumed_epoch else 0):
                 if b >= limit:
                     break
+                if stop_flag.value or plan.stop_at == (epoch, b):
+                    send(STOP)
+                    save_part((epoch, b), stage.meter, replays, stop_flag.value or int(signal.SIGTERM))
+                    return
                 x, y = x.to(device), y.to(device)
-                t0 = t0 or time.perf_counter()
+                t0 = t0 or time.monotonic()
                 h = stage.train_batch(x, y, x if plan.needs_input else None)
                 send(TRAIN, h, y, x)
                 samples += len(y)
-                batch_times.append((time.perf_counter(), len(y)))
+                batch_ends.append((time.monotonic(), len(y)))
             send(END)
         else:
             while True:
@@ -322,19 +444,30 @@ def _train_stage(rank: int, cfg: DictConfig, plan: StagePlan) -> None:
                     replays += 1
                     continue
                 kind, h, y, x = message
+                if kind == STOP:
+                    send(STOP)
+                    save_part((epoch, -1), stage.meter, replays, 1)
+                    return
                 if kind == END:
                     send(END)
                     break
                 if kind != TRAIN:
                     raise RuntimeError(f"stage {rank}: expected a training batch, got message kind {kind}")
-                t0 = t0 or time.perf_counter()
+                t0 = t0 or time.monotonic()
                 out = stage.train_batch(h, y, x)
                 if plan.buffer:
                     memory.append((h, y, x))
                 send(TRAIN, out, y, x)
                 samples += len(y)
-                batch_times.append((time.perf_counter(), len(y)))
-        elapsed = (batch_times[-1][0] - t0) if t0 and batch_times else 0.0
+                batch_ends.append((time.monotonic(), len(y)))
+        elapsed = batch_ends[-1][0] - t0 if batch_ends else 0.0  # this stage: first batch taken to last done
+        timing = {}
+        if rank == 0:
+            timing["_t_start"] = t_start
+        if stage.is_last and batch_ends:
+            seconds, images = _steady_rate(batch_ends, plan.warmup_batches)
+            timing.update({"_t_end": batch_ends[-1][0], "_samples": samples, "_steady_s": seconds,
+                           "_steady_n": images})
         train_metrics = stage.meter.read()
         replays_total += replays
         # Evaluation on the test set (and the validation split) when Lightning would run it.
@@ -365,18 +498,16 @@ def _train_stage(rank: int, cfg: DictConfig, plan: StagePlan) -> None:
         lr = stage.optimizers[0].param_groups[0]["lr"] if stage.optimizers else None
         for sched in stage.schedulers:
             sched.step()
-        history.append({"epoch": epoch, **train_metrics, **eval_metrics,
-                        f"pipeline/stage{rank}_imgs_per_sec": samples / elapsed if elapsed > 0 else 0.0,
-                        f"pipeline/stage{rank}_replay_steps": replays, **({"train/lr": lr} if lr is not None else {}),
-                        "_evaluated": evaluated})
+        row = {"epoch": epoch, **train_metrics, **eval_metrics,
+               f"pipeline/stage{rank}_imgs_per_sec": samples / elapsed if elapsed > 0 else 0.0,
+               f"pipeline/stage{rank}_replay_steps": replays, **({"train/lr": lr} if lr is not None else {}),
+               "_evaluated": evaluated, **timing}
+        history.append(row)
+        reports.put(("epoch", rank, row))
     if rank > 0:
         kind = inbox.get()[0]
         if kind != DONE:
             raise RuntimeError(f"stage {rank}: expected the end of training, got message kind {kind}")
     send(DONE)
-    steady = batch_times[plan.warmup_batches:]
-    steady_ips = (sum(n for _, n in steady[1:]) / (steady[-1][0] - steady[0][0])
-                  if len(steady) > 1 and steady[-1][0] > steady[0][0] else None)
-    torch.save({"state": owned_state(module, stage), "history": history, "steady_imgs_per_sec": steady_ips,
-                "replay_steps": replays_total, "blocks": [stage.first, stage.last]},
-               Path(plan.out_dir) / f"stage{rank}.pt")
+    save_part((int(t.max_epochs), 0), None, 0, 0)
+

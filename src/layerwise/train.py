@@ -15,7 +15,7 @@ from lightning.pytorch.loggers import CSVLogger
 from loguru import logger
 from omegaconf import DictConfig, OmegaConf
 
-from layerwise.checkpoint import AtomicCheckpointIO, RunCheckpoint, load_checkpoint
+from layerwise.checkpoint import AtomicCheckpointIO, CheckpointError, RunCheckpoint, load_checkpoint
 from layerwise.checks import check_config, check_device
 from layerwise.csv_continue import ContinuedCSVLogger
 from layerwise.data import ImageDataModule
@@ -152,6 +152,8 @@ def _prepare_resume(target: ResumeTarget, datamodule, module: LayerwiseModule, i
                     max_epochs: int, run_dir: Path) -> dict:
     """Check that the checkpoint fits this run and point the data module at its position; its run state."""
     checkpoint = load_checkpoint(target.checkpoint, map_location="cpu")
+    if "pipeline" in checkpoint:  # per-stage optimizer states, which Lightning cannot restore
+        raise CheckpointError(f"{target.checkpoint} was written by trainer=pipeline; resume it with trainer=pipeline")
     check_compatible(checkpoint, target.checkpoint, module.state_dict(), group_layout(module.groups,
                      module._group_params), identity)
     meta = checkpoint[KEY]
@@ -179,10 +181,7 @@ def fit(cfg: DictConfig, run_dir: Path, resume: ResumeTarget | None = None,
     checkpoint was checked against this run): nothing is written there before."""
     if cfg.trainer.get("pipeline"):
         from layerwise.pipeline import fit_pipeline
-        if resume:
-            raise ConfigError(f"trainer=pipeline runs cannot be resumed ({resume.checkpoint} holds weights, no "
-                              "optimizer state); start the run again, or use trainer=default to resume")
-        return fit_pipeline(cfg, run_dir)
+        return fit_pipeline(cfg, run_dir, resume, stop, accept=accept)
     diagnostics = build_diagnostics(cfg)  # rejects bad diagnostics options before any data is loaded
     with memory_errors(cfg, "loading the data and building the network"):
         datamodule, module = build_experiment(cfg)
