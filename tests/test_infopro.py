@@ -232,5 +232,6 @@ def test_paper_preset_options_build_contrastive_paper_heads():
     head = rule.label_heads[0]
     assert type(head[0]) is nn.Conv2d and head[-1].out_features == 8  # feature_dim: a projection for SupCon
     assert "head infopro_paper" in rule.describe() and "of the image" in rule.describe()
+    rule.begin_batch(module.net, x, y)
     h = module.net.blocks[0](x)
     assert torch.isfinite(rule.block_signal(0, h, y).loss)
