@@ -119,4 +119,4 @@ DIGITS_RESNET = ["data=digits", "data.image_size=16", "model=resnet20", "model.w
 
 @pytest.mark.parametrize("rule", [["method=bp"], ["method=dgl", "model.blocks=4"]])
 def test_resnet20_learns_digits(rule, tmp_path):
-    assert fit_cfg([*DIGITS_RESNET, *rule], tmp_path)["test_acc"] > 0.8
+    assert fit_cfg([*DIGITS_RESNET, *rule], tmp_path)["test_acc"] > 0.9  # measured 0.983 (bp), 0.972 (dgl, K=4)
