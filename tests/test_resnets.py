@@ -86,10 +86,14 @@ def test_torchvision_resnet50_has_bottlenecks():
     assert len(net.blocks) == 4 and net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
-def test_bad_shortcut_is_one_line(tmp_path):
+def test_bad_resnet_keys_are_one_line_before_any_data(tmp_path):
     proc = run_cli(["model=resnet20", "model.shortcut=C", "data=synthetic"], tmp_path)
     assert proc.returncode == 2
     assert "model.shortcut='C' is not known; choose one of A, B" in proc.stderr
+    proc = run_cli(["model=resnet20", "model.split=memory", "data=synthetic"], tmp_path)
+    assert proc.returncode == 2
+    assert "model.split=memory needs model.blocks=K (a number of modules), got model.blocks=null" in proc.stderr
+    assert "data synthetic:" not in proc.stdout + proc.stderr  # refused by the config check, before the data is loaded
 
 
 RULES = ["bp", "dgl", "random_features", "dni", "cdni", "ssl", "predsim", "infopro", "fa", "sign_symmetry", "dfa"]

@@ -145,10 +145,8 @@ def resnet_network(cfg, spec):
 def split_sizes(cfg, layers: list[nn.Module], spec):
     """`model.blocks` as `group_layers` takes it, with an int K turned into sizes by `model.split`."""
     blocks, split = cfg.blocks, cfg.split
-    if split == "even" or not isinstance(blocks, int):
-        if split != "even":
-            raise ConfigError(f"model.split={split} needs model.blocks=K (a number of modules), got "
-                              f"model.blocks={blocks}; set model.blocks=4 or model.split=even")
+    check_split(split, blocks)
+    if split == "even":
         return blocks
     n = len(layers)
     if not 1 <= blocks <= n:
@@ -157,6 +155,14 @@ def split_sizes(cfg, layers: list[nn.Module], spec):
         return infopro_sizes(cfg.arch, blocks)
     costs = layer_costs(layers, spec)[split]
     return balanced_sizes(costs, blocks)
+
+
+def check_split(split: str, blocks) -> None:
+    """A split other than `even` divides a number of modules: it needs model.blocks=K."""
+    if split != "even" and (not isinstance(blocks, int) or isinstance(blocks, bool)):
+        shown = "null" if blocks is None else list(blocks)
+        raise ConfigError(f"model.split={split} needs model.blocks=K (a number of modules), got "
+                          f"model.blocks={shown}; set e.g. model.blocks=4, or model.split=even")
 
 
 def infopro_sizes(arch: str, k: int) -> list[int]:

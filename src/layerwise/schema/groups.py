@@ -174,10 +174,11 @@ class ResNetModelSchema(ModelSchema):
     stem: str = "cifar"      # torchvision ResNets: cifar = 3x3/1 conv, no max-pool | imagenet = 7x7/2 + max-pool
 
     def __post_init__(self) -> None:
-        from layerwise.resnets import SHORTCUTS, SPLITS, STEMS
+        from layerwise.resnets import SHORTCUTS, SPLITS, STEMS, check_split
 
         super().__post_init__()
         one_of(self, "split", SPLITS)
+        check_split(self.split, self.blocks)
         one_of(self, "shortcut", SHORTCUTS)
         one_of(self, "stem", STEMS)
 
