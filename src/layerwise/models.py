@@ -227,6 +227,10 @@ def lenet_layers(cfg, spec: InputSpec) -> tuple[list[nn.Module], int, int]:
 def build_network(cfg, spec: InputSpec) -> Network:
     """Build the network named by `cfg.arch` for inputs described by `spec`."""
     arch = cfg.arch
+    from layerwise.resnets import RESNET_ARCHES, resnet_network
+
+    if arch in RESNET_ARCHES:
+        return resnet_network(cfg, spec)
     if arch == "lenet":
         layers, channels, side = lenet_layers(cfg, spec)
         head = mlp(channels * side * side, cfg.head_hidden, spec.num_classes, cfg.dropout, cfg.activation)
@@ -254,7 +258,8 @@ def build_network(cfg, spec: InputSpec) -> Network:
         plan = VGG_PLANS[arch]
     else:
         raise ConfigError(
-            f"model.arch={arch!r} is not known; choose mlp, basic_cnn, lenet or one of {sorted(VGG_PLANS)}")
+            f"model.arch={arch!r} is not known; choose mlp, basic_cnn, lenet or one of "
+            f"{sorted(VGG_PLANS) + sorted(RESNET_ARCHES)}")
     layers, channels, pools = conv_layers(plan, spec.channels, cfg)
     side = spec.size // (2 ** pools)
     if side < 1:

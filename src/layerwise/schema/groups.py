@@ -128,8 +128,9 @@ class ModelSchema:
 
     def __post_init__(self) -> None:
         from layerwise.models import ACTIVATIONS, VGG_PLANS
+        from layerwise.resnets import RESNET_ARCHES
 
-        one_of(self, "arch", ["mlp", "basic_cnn", "lenet", *VGG_PLANS])
+        one_of(self, "arch", ["mlp", "basic_cnn", "lenet", *VGG_PLANS, *RESNET_ARCHES])
         in_range(self, "dropout", 0, 1, high_open=True, example=0.2)
         one_of(self, "padding_mode", PADDING_MODES)
         one_of(self, "activation", ACTIVATIONS)
@@ -174,8 +175,30 @@ class LenetModelSchema(ConvModelSchema):
         number_or(self, "first_padding", ["auto"], low=0, example=2)
 
 
+@dataclass
+class ResNetModelSchema(ModelSchema):
+    split: str = "even"      # even | flops | memory | infopro: how model.blocks=K groups the residual blocks
+    shortcut: str = "A"      # CIFAR ResNets: A = zero-padded identity (He et al.'s CIFAR choice) | B = 1x1 projection
+    stem: str = "cifar"      # torchvision ResNets: cifar = 3x3/1 conv, no max-pool | imagenet = 7x7/2 + max-pool
+
+    def __post_init__(self) -> None:
+        from layerwise.resnets import SHORTCUTS, SPLITS, STEMS, check_split
+
+        super().__post_init__()
+        one_of(self, "split", SPLITS)
+        check_split(self.split, self.blocks)
+        one_of(self, "shortcut", SHORTCUTS)
+        one_of(self, "stem", STEMS)
+
+
+def _resnet_arches() -> tuple[str, ...]:
+    from layerwise.resnets import RESNET_ARCHES
+    return RESNET_ARCHES
+
+
 MODEL_SCHEMAS: dict[str, type[ModelSchema]] = {"mlp": MlpModelSchema, "basic_cnn": ConvModelSchema,
-                                               "lenet": LenetModelSchema}
+                                               "lenet": LenetModelSchema,
+                                               **{a: ResNetModelSchema for a in _resnet_arches()}}
 
 # ----------------------------------------------------------------------------------------------- optimizer
 
