@@ -74,6 +74,21 @@ def test_decoder_before_pool_reads_the_unpooled_map():
     assert module.rule.aux["0"](h).shape == (len(x), 5)  # the aux classifier reads the pooled output
 
 
+def test_a_copy_of_net_and_rule_keeps_its_own_pre_pool_maps():
+    """The alignment and locality diagnostics deepcopy (net, rule): the copy's decoder must read the copy's map."""
+    _, module, x, y = make("ssl", ["method.decoder_before_pool=true"])
+    net, rule = copy.deepcopy((module.net, module.rule))
+    module.rule._pre_pool.clear()
+    rule._pre_pool.clear()
+    with torch.no_grad():
+        for p in net.blocks[0].parameters():
+            p.add_(1.0)  # the copy's map now differs from the original's
+        net.blocks[0](x)
+        unpooled = net.blocks[0][:-1](x)  # conv, BN, ReLU: the map entering the block's max-pool
+    torch.testing.assert_close(rule._pre_pool.pop(0, None), unpooled)
+    assert module.rule._pre_pool.pop(0, None) is None
+
+
 @pytest.mark.parametrize("overrides, match", [
     (["method.direct_global=true"], "direct_global"),
     (["method.ssl_weight=0"], "ssl_weight"),

@@ -39,44 +39,10 @@ from torch import nn
 
 from layerwise.errors import ConfigError
 from layerwise.methods.base import LearningRule, Signal, TrainGroup, output_shapes
+from layerwise.methods.pre_pool import PrePoolMaps
 from layerwise.models import Network
 
 LOSSES = ("pred", "sim", "predsim")
-POOLS = (nn.MaxPool2d, nn.AvgPool2d)
-
-
-def trailing_pool(block: nn.Module) -> nn.Module | None:
-    """The pool a block ends with (also inside nested Sequentials, e.g. a LayerGroup of conv layers), or None."""
-    last = block
-    while isinstance(last, nn.Sequential) and len(last):
-        last = last[-1]
-    return last if isinstance(last, POOLS) else None
-
-
-class PrePoolMaps:
-    """Forward pre-hook target: keeps, per block index, the map entering that block's trailing pool.
-
-    A plain object the rule owns (not a closure over the rule), so a deepcopy of (net, rule) together gives the
-    copied net's hooks the copied rule's store.
-    """
-
-    def __init__(self):
-        self.maps: dict[int, torch.Tensor] = {}
-
-    def hook(self, i: int) -> "_Keep":
-        return _Keep(self, i)
-
-    def pop(self, i: int, default: torch.Tensor) -> torch.Tensor:
-        return self.maps.pop(i, default)
-
-
-class _Keep:
-    def __init__(self, store: PrePoolMaps, i: int):
-        self.store, self.i = store, i
-
-    def __call__(self, module, args):
-        self.store.maps[self.i] = args[0]
-
 
 def similarity_matrix(x: torch.Tensor) -> torch.Tensor:
     """Adjusted cosine similarity (B, B) between the rows of x: (B, D), or (B, C, H, W) feature maps."""
@@ -166,11 +132,7 @@ class LocalErrorSignals(LearningRule):
     def setup(self, net: Network, example: torch.Tensor, num_classes: int) -> None:
         super().setup(net, example, num_classes)
         if self.loss_before_pool:
-            for i, block in enumerate(net.blocks):
-                pool = trailing_pool(block)
-                if pool is not None:
-                    pool.register_forward_pre_hook(self.pre_pool.hook(i))
-                    self.pooled_blocks.append(i)
+            self.pooled_blocks = self.pre_pool.attach(net.blocks, range(len(net.blocks)))
         shapes = output_shapes(net, example)  # the hooks see this pass too: loss inputs are the pre-pool maps
         shapes = [self.pre_pool.pop(i, None).shape[1:] if i in self.pooled_blocks else s for i, s in enumerate(shapes)]
         self.local_losses = nn.ModuleList(

@@ -24,6 +24,7 @@ from torchvision.utils import make_grid
 from layerwise.errors import ConfigError
 from layerwise.methods.base import Signal, output_shapes
 from layerwise.methods.dgl import DecoupledGreedy
+from layerwise.methods.pre_pool import PrePoolMaps
 from layerwise.models import Network
 
 UPSAMPLING = ("none", "bilinear", "transposed")
@@ -59,11 +60,6 @@ class Decoder(nn.Module):
         return out
 
 
-def _last_pool(block: nn.Module) -> nn.Module | None:
-    pools = [m for m in block.modules() if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d))]
-    return pools[-1] if pools else None
-
-
 class SelfSupervised(DecoupledGreedy):
     name = "ssl"
     local = True
@@ -86,7 +82,7 @@ class SelfSupervised(DecoupledGreedy):
         self.decoders = nn.ModuleDict()
         self.shifts: dict[int, int] = {}
         self._input: torch.Tensor | None = None
-        self._pre_pool: dict[int, torch.Tensor] = {}
+        self._pre_pool = PrePoolMaps()
 
     # ------------------------------------------------------------------ structure
     def local_blocks(self) -> range:
@@ -105,10 +101,7 @@ class SelfSupervised(DecoupledGreedy):
         image_channels, image_size = example.shape[1], example.shape[-1]
         use_pre_pool = bool(self.cfg.decoder_before_pool)
         if use_pre_pool:
-            for i in self.local_blocks():
-                pool = _last_pool(net.blocks[i])
-                if pool is not None:
-                    pool.register_forward_pre_hook(self._keep_pre_pool(i))
+            self._pre_pool.attach(net.blocks, self.local_blocks())
         feature_shapes = self._decoder_inputs(net, example)
         for i in self.local_blocks():
             shape = feature_shapes[i]
@@ -124,14 +117,9 @@ class SelfSupervised(DecoupledGreedy):
                 logger.warning("method.shift rolls targets around the image edge; model.padding_mode=circular "
                                "lets the network see the wrapped pixels (recommended)")
 
-    def _keep_pre_pool(self, i: int):
-        def hook(module, args):
-            self._pre_pool[i] = args[0]
-        return hook
-
     def _decoder_inputs(self, net: Network, example: torch.Tensor) -> list[torch.Size]:
         shapes = output_shapes(net, example)
-        return [self._pre_pool.pop(i).shape[1:] if i in self._pre_pool else s for i, s in enumerate(shapes)]
+        return [m.shape[1:] if (m := self._pre_pool.pop(i, None)) is not None else s for i, s in enumerate(shapes)]
 
     # ------------------------------------------------------------------ signals
     def begin_batch(self, net: Network, x: torch.Tensor, y: torch.Tensor) -> None:
