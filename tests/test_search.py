@@ -237,3 +237,4 @@ def test_a_search_whose_trials_all_fail_ends_with_the_failed_jobs_report(tmp_pat
     assert res.stderr.count("failed: data.path=") == 2 and "Traceback" not in out
     assert "No trials are completed" not in out and not list(tmp_path.rglob("optimization_results.yaml"))
     assert "overrides" in res.stdout and res.stdout.count("optimizer.lr=") >= 2  # the table tells trials apart
+    assert "A new study created" in res.stderr and "\x1b[" not in out  # optuna's lines too: no colour in a pipe

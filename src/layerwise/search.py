@@ -133,6 +133,7 @@ class SearchCheck(_HydraCallback):
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
         patch_optuna_failed_trials()
+        optuna_log_follows_console_colours()
         _NO_COMPLETED_TRIAL.clear()  # one flag per search (several may run in one process, e.g. tests)
         patch_optuna_no_completed_trial()
 
@@ -145,6 +146,26 @@ class SearchCheck(_HydraCallback):
             print(f"error: {NO_COMPLETED_TRIAL_LINE}; see <job dir>/run.log of each job in {config.hydra.sweep.dir}",
                   file=sys.stderr)
             raise SystemExit(1)
+
+
+def optuna_log_follows_console_colours() -> None:
+    """Optuna's own lines ("A new study created ...") follow the console's colour rules (runlog.use_color): its
+    default handler's colorlog formatter is given no stream, so it colours a pipe or a Slurm log too."""
+    import logging
+
+    import optuna
+
+    from layerwise.runlog import use_color
+
+    if use_color(sys.stderr):
+        return
+    optuna.logging.disable_default_handler()
+    root = logging.getLogger("optuna")
+    if not any(getattr(h, "layerwise_plain", False) for h in root.handlers):
+        handler = logging.StreamHandler()  # stderr, as optuna's own
+        handler.setFormatter(logging.Formatter("[%(levelname)1.1s %(asctime)s] %(message)s"))
+        handler.layerwise_plain = True
+        root.addHandler(handler)
 
 
 def patch_optuna_failed_trials() -> bool:
