@@ -2,6 +2,7 @@
 than there is: each gets one line naming the key, the problem and the fix (exit 2), before anything is written."""
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -154,7 +155,10 @@ def test_a_network_too_large_for_memory_is_refused_before_allocation(tmp_path):
                      r"the [\d.]+ [GMT]iB of memory available; "
                      r"lower model.widths=\[100000000000\], data.image_size=16$",
                      errors[0]), errors[0]
-    assert not list(tmp_path.rglob("summary.json")) and not list(tmp_path.rglob("*.ckpt"))
+    # Found once the data is loaded: the run's own new directory records it as failed, with nothing trained.
+    (summary,) = [json.loads(p.read_text()) for p in tmp_path.rglob("summary.json")]
+    assert summary["status"] == "failed" and "model.widths" in summary["error"]
+    assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("metrics.csv"))
 
 
 def test_an_allocation_that_fails_names_its_size_and_settings(tmp_path):

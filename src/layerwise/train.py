@@ -236,6 +236,8 @@ def run(cfg: DictConfig) -> float | None:
     """
     setup_console()
     run_dir = _run_dir(cfg)
+    if not _config_is_valid(cfg, run_dir):
+        return math.nan
     run_dir.mkdir(parents=True, exist_ok=True)
     writer = process_rank() == 0  # DDP workers share rank 0's run dir, lock and logs
     lock = RunDirLock(run_dir) if writer else None
@@ -260,9 +262,6 @@ def run(cfg: DictConfig) -> float | None:
             fresh = not writer or (not holds_run(run_dir) and not cfg.get("resume"))
             if fresh:
                 accept(fresh=True)
-            check_config(cfg)
-            check_device(cfg.trainer)
-            check_optimized_metric(cfg)
             done = _completed_sweep_job(cfg, run_dir)
             if done is not None:
                 return objective(cfg, done)
@@ -298,6 +297,24 @@ def run(cfg: DictConfig) -> float | None:
             run_log.close()
         if lock is not None:
             lock.release()
+
+
+def _config_is_valid(cfg: DictConfig, run_dir: Path) -> bool:
+    """The config checks, before anything is written: a single run with a bad config leaves no run directory
+    (exit 2). A sweep job's directory already exists (Hydra made it): the job is marked failed there, so the sweep
+    report lists it, unless the directory holds a run (then it is left as it was)."""
+    try:
+        check_config(cfg)
+        check_device(cfg.trainer)
+        check_optimized_metric(cfg)
+        return True
+    except LayerwiseError as err:
+        logger.opt(exception=err if cfg.get("debug") is True else None).error(f"{err}")
+        if not is_multirun():
+            sys.exit(2)
+        if process_rank() == 0 and not holds_run(run_dir):
+            _mark_failed(cfg, run_dir, str(err))
+        return False
 
 
 def config_hash(cfg: DictConfig) -> str:
