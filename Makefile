@@ -19,7 +19,7 @@ run: $(STAMP)
 	$(BIN)/python main.py experiment=quickstart
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadfile tests
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=25 tests
 
 clean-venv:
 	rm -rf $(VENV)
