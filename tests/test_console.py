@@ -43,13 +43,15 @@ def test_feedback_conversion_said_once(fa_run):
 
 
 def test_force_color_colours_the_console_but_never_run_log(tmp_path):
-    # A config error found once the run has started: one error line on the console and in run.log.
-    res = run_cli(["optimized_metric=acc", "logger=none"], tmp_path, env={"NO_COLOR": "", "FORCE_COLOR": "1"},
-                  timeout=120)
+    # An error found once the run owns its directory (data missing offline): one error line on the console and in
+    # run.log. (A config error is refused before any run directory exists.)
+    missing = ["data=cifar10", f"data.root={tmp_path / 'no_data'}", "data.download=false", "model=mlp",
+               "model.widths=[16]", "trainer.accelerator=cpu", "logger=none", "trainer.progress_bar=false"]
+    res = run_cli(missing, tmp_path, env={"NO_COLOR": "", "FORCE_COLOR": "1"}, timeout=120)
     assert res.returncode == 2
-    assert "\x1b[" in res.stderr and "optimized_metric='acc' is not known" in res.stderr
+    assert "\x1b[" in res.stderr and "data.download=false" in res.stderr
     (log,) = tmp_path.rglob("run.log")
-    assert "optimized_metric='acc' is not known" in log.read_text() and "\x1b" not in log.read_text()
+    assert "data.download=false" in log.read_text() and "\x1b" not in log.read_text()
 
 
 def test_run_log_drops_escape_codes_a_message_carries(tmp_path):
