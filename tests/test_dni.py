@@ -30,8 +30,10 @@ class Oracle(nn.Module):
         return self.grad + 0 * self.dummy
 
 
-def test_dni_with_true_gradients_from_its_synthesizers_is_backprop():
-    _, module, x, y = make("dni", [*SGD, *SMALL_SYNTH])
+def assert_true_synthetic_gradients_give_backprop(overrides: list[str], synthesized_blocks: int | None = None):
+    """Synthesizers that return the true gradient of blocks [0, synthesized_blocks) (all, if None) make one DNI
+    step equal one backprop step."""
+    _, module, x, y = make("dni", [*SGD, *SMALL_SYNTH, *overrides])
     bp_net = copy.deepcopy(module.net)
     outs, h = [], x
     for block in bp_net.blocks:
@@ -39,9 +41,8 @@ def test_dni_with_true_gradients_from_its_synthesizers_is_backprop():
         h.retain_grad()
         outs.append(h)
     F.cross_entropy(bp_net.head(h), y).backward()
-    n = len(bp_net.blocks)
     # Synthesizers predict per-sample gradients: B x the mean-loss gradient.
-    module.rule.synth = nn.ModuleList(Oracle(outs[i].grad.detach() * len(x)) for i in range(n - 1))
+    module.rule.synth = nn.ModuleList(Oracle(o.grad.detach() * len(x)) for o in outs[:synthesized_blocks])
     module.groups = module.rule.train_groups(module.net)
     with torch.no_grad():
         expected = [p - 0.1 * p.grad for p in bp_net.parameters()]
@@ -50,6 +51,10 @@ def test_dni_with_true_gradients_from_its_synthesizers_is_backprop():
 
     for p_got, p_exp in zip(module.net.parameters(), expected, strict=True):
         torch.testing.assert_close(p_got.detach(), p_exp, atol=1e-6, rtol=1e-5)
+
+
+def test_dni_with_true_gradients_from_its_synthesizers_is_backprop():
+    assert_true_synthetic_gradients_give_backprop([], synthesized_blocks=-1)  # the last block learns from the head
 
 
 def test_synthesizers_regress_onto_the_gradient_that_reaches_their_block():
@@ -130,23 +135,7 @@ def test_synthesize_last_groups_step_every_block_on_its_synthetic_gradient():
 
 
 def test_synthesize_last_with_true_gradients_from_its_synthesizers_is_backprop():
-    _, module, x, y = make("dni", [*SGD, *SMALL_SYNTH, "method.synthesize_last=true"])
-    bp_net = copy.deepcopy(module.net)
-    outs, h = [], x
-    for block in bp_net.blocks:
-        h = block(h)
-        h.retain_grad()
-        outs.append(h)
-    F.cross_entropy(bp_net.head(h), y).backward()
-    module.rule.synth = nn.ModuleList(Oracle(o.grad.detach() * len(x)) for o in outs)
-    module.groups = module.rule.train_groups(module.net)
-    with torch.no_grad():
-        expected = [p - 0.1 * p.grad for p in bp_net.parameters()]
-
-    train_batches(module, x, y, batch_size=len(x))
-
-    for p_got, p_exp in zip(module.net.parameters(), expected, strict=True):
-        torch.testing.assert_close(p_got.detach(), p_exp, atol=1e-6, rtol=1e-5)
+    assert_true_synthetic_gradients_give_backprop(["method.synthesize_last=true"])
 
 
 def test_synthesize_last_block_follows_its_synthesizer_which_regresses_on_the_true_gradient():
