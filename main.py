@@ -1,4 +1,4 @@
-"""layerwise entry point: legacy flags -> Hydra overrides, then `layerwise.train.run(cfg)`.
+"""layerwise entry point: legacy flags -> Hydra overrides, then `layerwise.runs.train.run(cfg)`.
 
     python main.py method=dgl model=vgg16 trainer.max_epochs=100
     python main.py -m method=bp,dgl seed=0,1,2
@@ -16,7 +16,7 @@ from layerwise.errors import ConfigError
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def hydra_main(cfg: DictConfig):
-    from layerwise.train import run  # heavy imports (torch, lightning) only when a job runs
+    from layerwise.runs.train import run  # heavy imports (torch, lightning) only when a job runs
 
     return run(cfg)
 

@@ -8,7 +8,7 @@
 
 What is timed, in one process, with data already in memory (one synthetic batch of the dataset's shape reused,
 so no loader or augmentation is measured):
-- project: the experiment built as `layerwise.train` builds it (build_network, build_rule, LayerwiseModule) and
+- project: the experiment built as `layerwise.runs.train` builds it (build_network, build_rule, LayerwiseModule) and
   trained by a real Lightning Trainer (manual optimization, self.log on, loggers/checkpoints/validation off):
   `Trainer.fit` with limit_train_batches = warmup + steps; a Callback times from the start of the first batch
   after warm-up to the end of the last one (everything the Lightning loop does per batch is inside the window).
@@ -16,7 +16,7 @@ so no loader or augmentation is measured):
   `opt.zero_grad(set_to_none=True); F.cross_entropy(net(x), y).backward(); opt.step()`: the overhead reference.
 Repeats are interleaved (every method's project run, then plain, then again ...) and medians reported.
 
-Memory: on CPU the bytes autograd saves for backward (layerwise.memory.ActivationMeter; for the project run it is
+Memory: on CPU the bytes autograd saves for backward (layerwise.core.memory.ActivationMeter; for the project run it is
 the module's own meter, i.e. what train/peak_activation_mb reports); on CUDA torch.cuda.max_memory_allocated over
 the timed batches minus what was allocated when they started (weights, optimizer state).
 
@@ -91,8 +91,8 @@ def synthetic_batch(cfg, batch_size: int, device: torch.device) -> tuple[torch.T
 
 
 def build_project(cfg):
-    from layerwise.checks import check_config
-    from layerwise.train import build_experiment
+    from layerwise.config.checks import check_config
+    from layerwise.core.experiment import build_experiment
 
     check_config(cfg)
     return build_experiment(cfg)[1]
@@ -101,7 +101,7 @@ def build_project(cfg):
 def build_plain(cfg) -> tuple[nn.Module, torch.optim.Optimizer]:
     from layerwise.data import ImageDataModule
     from layerwise.models import build_network
-    from layerwise.optim import build_optimizer
+    from layerwise.core.optim import build_optimizer
 
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule = ImageDataModule(cfg.data)
@@ -231,7 +231,7 @@ class LayerCall:
 
 def one_step(module, batch) -> None:
     """One forward + backward of the rule on `batch` without stepping (the gradients are dropped after)."""
-    from layerwise.batch import backward_only, run_batch
+    from layerwise.core.batch import backward_only, run_batch
 
     x, y = batch
     module.train()
@@ -313,7 +313,7 @@ def _ips(args, w: Window) -> float:
 
 
 def bench_model(model: str, methods: list[str], args, device: torch.device, log) -> list[Result]:
-    from layerwise.memory import ActivationMeter
+    from layerwise.core.memory import ActivationMeter
 
     accelerator = "gpu" if device.type == "cuda" else "cpu"
     cfgs = {m: compose(model, m, args.batch_size, accelerator, overrides_for(m, args.override)) for m in methods}

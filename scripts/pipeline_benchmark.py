@@ -33,7 +33,7 @@ def _cfg(model: str, batch_size: int, steps: int, stages: int, threads: int, war
 def measure(model: str, batch_size: int, steps: int, stages: list[int], *, threads: int = 2, warmup: int = 3,
             device: str = "cpu") -> list[dict]:
     """One row per stage count: stages, threads_per_process, imgs_per_sec, speedup (vs the first entry, K=1)."""
-    from layerwise.pipeline import train_pipeline
+    from layerwise.runs.pipeline import train_pipeline
 
     rows: list[dict] = []
     for k in stages:

@@ -43,7 +43,7 @@ def compose_cfg(overrides: list[str]):
 def fit_cfg(overrides: list[str], run_dir: Path) -> dict:
     """Train in-process (no Hydra run dir) and return the summary."""
     from layerwise.runlog import setup_console
-    from layerwise.train import fit
+    from layerwise.runs.train import fit
 
     setup_console("WARNING")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -54,9 +54,9 @@ def small_module(overrides: list[str], spec, batch: int = 16):
     """A LayerwiseModule for `overrides` on a random batch shaped by `spec` (labels cycle through the classes)."""
     import torch
 
-    from layerwise.methods import build_rule
+    from layerwise.rules import build_rule
     from layerwise.models import build_network
-    from layerwise.module import LayerwiseModule
+    from layerwise.core.module import LayerwiseModule
 
     cfg = compose_cfg(overrides)
     torch.manual_seed(0)

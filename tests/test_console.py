@@ -95,7 +95,7 @@ def test_progress_bar_counts_epochs_like_the_log_and_draws_on_stderr(capfd):
     import lightning as L
     from lightning.pytorch.demos.boring_classes import BoringModel
 
-    from layerwise.progress import EpochProgressBar
+    from layerwise.runs.progress import EpochProgressBar
 
     trainer = L.Trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=0, accelerator="cpu", logger=False,
                         enable_checkpointing=False, enable_model_summary=False, callbacks=[EpochProgressBar()])

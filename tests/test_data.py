@@ -135,7 +135,7 @@ def test_image_folder_splits_share_the_training_class_numbering(tmp_path, split,
 def test_gaussian_statistics_are_the_training_images(tmp_path, monkeypatch):
     """normalize=gaussian: the per-channel mean/std of the training set for every dataset (image folders used
     0.5/0.5), logged once with where they come from."""
-    import layerwise.data as data_module
+    import layerwise.data.datasets as data_module
 
     # Half red, half blue training images: mean (0.5, 0, 0.5), std (0.5, 0, 0.5); the test images do not count.
     root = _folder(tmp_path, {"train": ["cat", "dog"], "test": ["cat"]}, COLOURS, n=4)

@@ -15,10 +15,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from conftest import compose_cfg
-from layerwise.distributed import LayerwiseDDPStrategy, build_strategy, sync_step_point, use_sync_batchnorm
+from layerwise.core.grad_sync import sync_step_point
+from layerwise.parallel.distributed import LayerwiseDDPStrategy, build_strategy, use_sync_batchnorm
 from layerwise.errors import ConfigError
-from layerwise.guard import DivergedError, NonFiniteGuard
-from layerwise.train import build_experiment
+from layerwise.core.guard import DivergedError, NonFiniteGuard
+from layerwise.core.experiment import build_experiment
 
 # MLP without BatchNorm and no augmentation: per-sample math is identical in both setups.
 SMALL = ["data=synthetic", "data.n_train=64", "data.n_test=64", "data.image_size=8", "data.num_workers=0",
@@ -182,7 +183,7 @@ def test_other_processes_print_only_their_errors(tmp_path):
 FORKED_FIT = """
 import lightning as L
 from lightning.pytorch.demos.boring_classes import BoringModel
-from layerwise.distributed import LayerwiseDDPStrategy
+from layerwise.parallel.distributed import LayerwiseDDPStrategy
 from layerwise.runlog import setup_console
 
 setup_console()  # as train.run does

@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from conftest import compose_cfg, fit_cfg, run_cli, train_batches
-from layerwise.batch import backward_only, run_batch
-from layerwise.checks import check_config
+from layerwise.core.batch import backward_only, run_batch
+from layerwise.config.checks import check_config
 from layerwise.errors import ConfigError
-from layerwise.methods import build_rule
+from layerwise.rules import build_rule
 from layerwise.models import InputSpec, build_network
-from layerwise.module import LayerwiseModule
+from layerwise.core.module import LayerwiseModule
 
 SPEC = InputSpec(1, 4, 5)  # 16 inputs, 5 classes
 CNN = ["model=basic_cnn", "model.channels=[4,6]", "model.kernel_size=3", "model.head_hidden=[7]"]
@@ -195,7 +195,7 @@ def _conv_shared_by_hand(e, b, in_hw, stride, padding, out_hw):
 
 @pytest.mark.parametrize("stride, padding", [(1, 1), (2, 0), (2, 2)])
 def test_conv_shared_feedback_is_the_kernel_applied_to_the_broadcast_error(stride, padding):
-    from layerwise.methods.dfa import conv_geometry, conv_shared_feedback
+    from layerwise.rules.dfa import conv_geometry, conv_shared_feedback
 
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(3, 4, 3, stride=stride, padding=padding)

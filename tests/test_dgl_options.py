@@ -95,7 +95,7 @@ def _layers(head):
 
 @pytest.mark.parametrize("sr", [False, True])
 def test_dgl_paper_head_pools_to_2x2_then_three_bn_layers_of_width_4c(sr):
-    from layerwise.methods.dgl import build_aux_head
+    from layerwise.rules.dgl import build_aux_head
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.create({"type": "dgl_paper_sr" if sr else "dgl_paper", "hidden_dim": 256, "n_hidden_layers": 1,
@@ -115,7 +115,7 @@ def test_dgl_paper_head_pools_to_2x2_then_three_bn_layers_of_width_4c(sr):
 
 
 def test_dgl_paper_aux_type_builds_through_the_rule_and_refuses_flat_blocks():
-    from layerwise.methods.dgl import build_aux_head
+    from layerwise.rules.dgl import build_aux_head
 
     _, module, x, y = make("dgl", ["method.aux.type=dgl_paper"])
     rule = module.rule

@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from conftest import DIGITS, TINY, compose_cfg, fit_cfg, read_summary
-from layerwise.checkpoint import load_checkpoint
-from layerwise.diagnostics import GradientAlignment, feedback_geometry, gradient_alignment, linear_probe
-from layerwise.feedback import FeedbackLayer, FixedFeedback, convert_layers
-from layerwise.methods import build_rule
+from layerwise.core.checkpoint import load_checkpoint
+from layerwise.diagnostics.probes import GradientAlignment, feedback_geometry, gradient_alignment, linear_probe
+from layerwise.rules.feedback import FeedbackLayer, FixedFeedback, convert_layers
+from layerwise.rules import build_rule
 from layerwise.models import InputSpec, build_network
 
 MLP = ["model=mlp", "model.widths=[32,32,32]", "model.head_hidden=[16]"]
@@ -164,7 +164,7 @@ MLP_FF = ["model=mlp", "model.widths=[12,10,8]", "model.head_hidden=[16]"]
 
 
 def certify_rule(method: str, model=None, extra=()):
-    from layerwise.locality import certify
+    from layerwise.diagnostics.locality import certify
 
     if model is None:
         net, rule, x, y = make(method, extra)
@@ -232,7 +232,7 @@ def test_a_rule_that_forgets_to_detach_is_caught():
     """A rule declaring itself local whose block inputs are not detached: block 1's loss reaches block 0."""
     net, rule, x, y = make("dgl", ["method.aux.hidden_dim=12"])
     rule.block_input = lambda i, h: h  # the bug: no detach between blocks
-    from layerwise.locality import certify
+    from layerwise.diagnostics.locality import certify
 
     result = certify(net, rule, x, y)
     assert result["local"] is False and result["rule_declares_local"] is True

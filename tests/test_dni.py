@@ -9,9 +9,9 @@ from torch import nn
 
 from conftest import DIGITS, compose_cfg, fit_cfg, train_batches
 from layerwise.errors import ConfigError
-from layerwise.methods import build_rule
+from layerwise.rules import build_rule
 from layerwise.models import build_network
-from layerwise.schema import validate
+from layerwise.config.schema import validate
 from test_rule_math import SPEC, make
 
 SGD = ["optimizer.lr=0.1", "optimizer.momentum=0", "optimizer.weight_decay=0"]

@@ -7,11 +7,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import DIGITS, DIGITS_MLP, compose_cfg, fit_cfg
-from layerwise.checks import check_config
+from layerwise.config.checks import check_config
 from layerwise.errors import ConfigError
-from layerwise.feedback import (FeedbackConv2d, FeedbackLinear, FixedFeedback, SignMagnitudeFeedback,
+from layerwise.rules.feedback import (FeedbackConv2d, FeedbackLinear, FixedFeedback, SignMagnitudeFeedback,
                                 convert_layers, exact_gradients, last_linear)
-from layerwise.methods import build_rule
+from layerwise.rules import build_rule
 from layerwise.models import InputSpec, build_network
 
 
@@ -194,7 +194,7 @@ def test_learns_digits(method, data, tmp_path):
     ("xavier_normal", lambda fi, fo: (2 / (fi + fo)) ** 0.5),
 ])
 def test_init_std_is_the_schemes_std(init, formula):
-    from layerwise.feedback import init_std, random_feedback
+    from layerwise.rules.feedback import init_std, random_feedback
 
     shape = (64, 32, 3, 3)  # fan_in 288, fan_out 576
     assert init_std(shape, init) == pytest.approx(formula(288, 576))

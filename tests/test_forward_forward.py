@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import compose_cfg, fit_cfg, small_module, train_batches
-from layerwise.batch import run_batch
+from layerwise.core.batch import run_batch
 from layerwise.errors import ConfigError
-from layerwise.methods import build_rule
-from layerwise.methods import forward_forward as ff
+from layerwise.rules import build_rule
+from layerwise.rules import forward_forward as ff
 from layerwise.models import InputSpec, Network, build_network
 
 SPEC = InputSpec(3, 8, 5)

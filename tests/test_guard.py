@@ -19,7 +19,7 @@ def _finite_state(path) -> bool:
 
 def _nan_block1_at(monkeypatch, epoch_batch: int):
     """DGL's block 1 aux loss becomes NaN on its `epoch_batch`-th training call (3 batches per epoch here)."""
-    from layerwise.methods.dgl import DecoupledGreedy
+    from layerwise.rules.dgl import DecoupledGreedy
 
     original, calls = DecoupledGreedy.block_signal, {"n": 0}
 
@@ -36,7 +36,7 @@ def _nan_block1_at(monkeypatch, epoch_batch: int):
 
 
 def test_stop_raises_before_the_step_and_keeps_the_last_good_checkpoint(monkeypatch, tmp_path):
-    from layerwise.guard import DivergedError
+    from layerwise.core.guard import DivergedError
 
     _nan_block1_at(monkeypatch, 5)  # epoch 2, batch 2
     with pytest.raises(DivergedError) as err:
@@ -102,7 +102,7 @@ def test_a_normal_run_is_unaffected(mode, tmp_path):
 
 
 def test_guard_checks_gradients_without_overflowing_on_large_finite_ones():
-    from layerwise.guard import DivergedError, NonFiniteGuard
+    from layerwise.core.guard import DivergedError, NonFiniteGuard
 
     big, bad = torch.nn.Parameter(torch.ones(4)), torch.nn.Parameter(torch.ones(3))
     big.grad = torch.full((4,), 1e30)  # a 2-norm would overflow to inf here; max-abs does not
@@ -119,7 +119,7 @@ def test_guard_checks_gradients_without_overflowing_on_large_finite_ones():
 
 def test_unknown_mode_is_a_config_error():
     from layerwise.errors import ConfigError
-    from layerwise.guard import NonFiniteGuard
+    from layerwise.core.guard import NonFiniteGuard
 
     with pytest.raises(ConfigError, match="trainer.nonfinite='ignore'"):
         NonFiniteGuard("ignore")

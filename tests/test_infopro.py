@@ -9,10 +9,10 @@ from torch import nn
 
 from conftest import DIGITS, TINY, compose_cfg, fit_cfg, train_batches
 from layerwise.errors import ConfigError
-from layerwise.methods import build_rule
-from layerwise.methods.infopro import lambda_schedule, supcon_loss
+from layerwise.rules import build_rule
+from layerwise.rules.infopro import lambda_schedule, supcon_loss
 from layerwise.models import InputSpec, LayerGroup, build_network, regroup
-from layerwise.module import LayerwiseModule
+from layerwise.core.module import LayerwiseModule
 
 SPEC = InputSpec(3, 8, 5)
 SGD = ["optimizer.lr=0.1", "optimizer.momentum=0", "optimizer.weight_decay=0"]
@@ -178,7 +178,7 @@ def test_variants_train(tmp_path, extra):
                                                   ("minus_one_one", (0.3,) * 3, (0.2,) * 3),
                                                   ("none", (0.3,) * 3, (0.2,) * 3)])
 def test_recon_target_image_undoes_the_data_normalisation(normalize, mean, std):
-    from layerwise.methods.infopro import pixel_affine
+    from layerwise.rules.infopro import pixel_affine
 
     raw = torch.rand(4, 3, 5, 5)
     m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
@@ -200,7 +200,7 @@ def test_recon_target_options_keep_the_old_targets():
 
 
 def test_training_hands_the_data_normalisation_to_the_rule():
-    from layerwise.train import build_experiment
+    from layerwise.core.experiment import build_experiment
 
     cfg = compose_cfg([*DIGITS, "method=infopro", "data.normalize=gaussian"])
     datamodule, module = build_experiment(cfg)
@@ -212,7 +212,7 @@ def test_training_hands_the_data_normalisation_to_the_rule():
 @pytest.mark.parametrize("channels, size, conv", [(16, 32, (32, 16, 2)), (32, 16, (64, 32, 2)), (64, 8, (64, 64, 1))])
 def test_infopro_paper_head_is_conv_bn_relu_pool_fc_relu_fc(channels, size, conv):
     """Wang et al.'s '1c2f' head for ResNet-32's three stages (16/32/64 channels on 32/16/8-px maps)."""
-    from layerwise.methods.dgl import infopro_paper_head
+    from layerwise.rules.dgl import infopro_paper_head
 
     head = infopro_paper_head(torch.Size((channels, size, size)), 10, hidden=128)
     out_c, in_c, stride = conv

@@ -14,9 +14,9 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT, TINY, compose_cfg, run_cli
 from layerwise.errors import ConfigError, ResourceError
-from layerwise.resources import memory_errors
-from layerwise.schema import _schema_for, validate
-from layerwise.schema.values import SEED_MAX, check_run_name, check_values
+from layerwise.core.resources import memory_errors
+from layerwise.config.schema import _schema_for, validate
+from layerwise.config.values import SEED_MAX, check_run_name, check_values
 
 MLP = [*TINY, "model=mlp", "model.widths=[32]", "logger=none"]
 
@@ -192,7 +192,7 @@ def test_allocation_failures_become_one_line(error, expected):
 
 def test_dgl_aux_pool_size_larger_than_the_map_pools_to_the_map():
     """method.aux.pool_size=100 on a 4x4 map: the head was sized for 4x4 but the pool upsampled to 100x100."""
-    from layerwise.methods.dgl import build_aux_head
+    from layerwise.rules.dgl import build_aux_head
 
     cfg = OmegaConf.create({"type": "cnn", "hidden_dim": 8, "n_hidden_layers": 1, "pool_size": 100,
                             "cnn_channels": 4, "cnn_layers": 1})
@@ -204,6 +204,6 @@ def test_dgl_aux_pool_size_larger_than_the_map_pools_to_the_map():
 def test_every_model_passes_the_memory_check_on_the_meta_device(model):
     """The pre-check runs before every run: it must build each architecture without memory and pass a normal one."""
     from layerwise.data import InputSpec
-    from layerwise.resources import check_network_fits
+    from layerwise.core.resources import check_network_fits
 
     check_network_fits(compose_cfg([f"model={model}"]), InputSpec(channels=3, size=32, num_classes=10))

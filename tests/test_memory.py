@@ -1,6 +1,6 @@
 import torch
 
-from layerwise.memory import ActivationMeter
+from layerwise.core.memory import ActivationMeter
 
 
 def test_counts_bytes_saved_for_backward_once_per_storage_and_frees_them():

@@ -110,7 +110,7 @@ def test_throughput_definitions():
     """train/imgs_per_sec: the epoch's images over stage 0's start to the last stage's end (as the default
     trainer: first batch taken to last batch done); steady: the last stage's rate after the warm-up batches,
     over the epochs after the first."""
-    from layerwise.pipeline import merge_epoch, steady_rate
+    from layerwise.runs.pipeline import merge_epoch, steady_rate
 
     stage0 = {"epoch": 1, "_t_start": 10.0, "block0/train_loss": 1.0}
     last = {"epoch": 1, "_t_end": 12.0, "_samples": 100, "_steady_s": 1.0, "_steady_n": 80, "train/loss": 2.0}
@@ -124,9 +124,9 @@ def test_throughput_definitions():
 def test_stop_mid_epoch_then_resume_is_bit_identical(runs, tmp_path):
     """A stop before batch 7 of epoch 2 (as a signal would): interrupted summary and checkpoint, Interrupted(SIGTERM);
     resume= continues to the uninterrupted run's weights, optimizer and scheduler states, RNG and metrics."""
-    from layerwise.pipeline import fit_pipeline
-    from layerwise.preemption import Interrupted
-    from layerwise.resume import resolve
+    from layerwise.runs.pipeline import fit_pipeline
+    from layerwise.core.preemption import Interrupted
+    from layerwise.runs.resume import resolve
     from layerwise.runlog import setup_console
 
     root = runs[0]
@@ -187,11 +187,11 @@ def test_sigterm_then_requeued_job_continues_bit_identical(runs, tmp_path):
 def test_resume_refusals_one_line(runs, tmp_path):
     """A pipeline checkpoint resumed with another split or by the default trainer, a default checkpoint resumed
     by the pipeline, and a finished run resumed with the same max_epochs: one line each, nothing written."""
-    from layerwise.checkpoint import CheckpointError
+    from layerwise.core.checkpoint import CheckpointError
     from layerwise.errors import ConfigError
-    from layerwise.pipeline import fit_pipeline
-    from layerwise.resume import resolve
-    from layerwise.train import fit
+    from layerwise.runs.pipeline import fit_pipeline
+    from layerwise.runs.resume import resolve
+    from layerwise.runs.train import fit
 
     root = runs[0]
     pipeline_run, default_run = resolve(str(root / "pipeline"), root), resolve(str(root / "sequential"), root)
@@ -217,8 +217,8 @@ def test_finished_run_trains_on_with_more_epochs(runs, tmp_path):
     """A completed pipeline run's last.ckpt holds the training state: trainer.max_epochs=4 continues it."""
     import shutil
 
-    from layerwise.pipeline import fit_pipeline
-    from layerwise.resume import resolve
+    from layerwise.runs.pipeline import fit_pipeline
+    from layerwise.runs.resume import resolve
 
     run_dir = tmp_path / "run"
     shutil.copytree(runs[0] / "pipeline", run_dir)

@@ -1,5 +1,5 @@
 """Mixed precision with one optimizer per block (one scale per batch, clipping after unscale), channels_last and
-torch.compile (layerwise.acceleration).
+torch.compile (layerwise.core.acceleration).
 
 CPU notes: Lightning turns `precision="16-mixed"` on CPU into bf16-mixed (no scaler), so the fp16 + GradScaler path
 is tested with an explicit `MixedPrecision("16-mixed", "cpu")` plugin: torch autocasts to fp16 on CPU and
@@ -18,7 +18,7 @@ from torch import nn
 
 from conftest import TINY, compose_cfg
 
-from layerwise.acceleration import BatchGradScaler, compile_mode, compile_units
+from layerwise.core.acceleration import BatchGradScaler, compile_mode, compile_units
 from layerwise.errors import ConfigError
 
 MLP = ["model=mlp", "model.widths=[32,32]"]
@@ -31,7 +31,7 @@ DIGITS8 = ["data=digits", "data.image_size=8", "trainer.accelerator=cpu", "logge
 
 
 def _experiment(overrides: list[str], base: list[str] = TINY):
-    from layerwise.train import build_experiment
+    from layerwise.core.experiment import build_experiment
 
     return build_experiment(compose_cfg([*base, *overrides]))
 

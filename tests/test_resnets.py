@@ -7,7 +7,7 @@ import torch
 from conftest import compose_cfg, fit_cfg, run_cli, small_module, train_batches
 from layerwise.errors import ConfigError
 from layerwise.models import InputSpec, build_network
-from layerwise.resnets import BasicBlock, balanced_sizes
+from layerwise.models.resnets import BasicBlock, balanced_sizes
 
 CIFAR = InputSpec(channels=3, size=32, num_classes=10)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import TINY, compose_cfg, run_cli
-from layerwise import data as data_module
+from layerwise.data import module as data_module
 from layerwise.data import ImageDataModule
 from layerwise.errors import DataError
 
@@ -118,7 +118,7 @@ def test_worker_processes_give_the_same_batches():
 
 
 def test_lightning_sets_the_epoch_on_the_sampler(tmp_path, monkeypatch):
-    import layerwise.train as train
+    import layerwise.runs.train as train
     from conftest import fit_cfg
 
     seen = []

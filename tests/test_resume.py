@@ -39,7 +39,7 @@ CASES = {
 
 
 def _stop_at(epoch: int, batch: int):
-    from layerwise.preemption import Preemption
+    from layerwise.core.preemption import Preemption
 
     class StopAt(Preemption):
         """Delivers SIGTERM's effect at a chosen batch, so the test knows where the run stopped."""
@@ -74,10 +74,10 @@ def _training_state(run_dir):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_interrupted_then_resumed_equals_uninterrupted(case, tmp_path):
-    from layerwise.preemption import Interrupted, Preemption
-    from layerwise.resume import resolve
+    from layerwise.core.preemption import Interrupted, Preemption
+    from layerwise.runs.resume import resolve
     from layerwise.runlog import setup_console
-    from layerwise.train import fit
+    from layerwise.runs.train import fit
 
     setup_console("WARNING")
     overrides, (epoch, batch) = CASES[case]
@@ -110,10 +110,10 @@ def test_interrupted_then_resumed_equals_uninterrupted(case, tmp_path):
 
 
 def test_resume_refuses_a_checkpoint_of_another_network(tmp_path):
-    from layerwise.checkpoint import CheckpointError
-    from layerwise.resume import resolve
+    from layerwise.core.checkpoint import CheckpointError
+    from layerwise.runs.resume import resolve
     from layerwise.runlog import setup_console
-    from layerwise.train import fit
+    from layerwise.runs.train import fit
 
     setup_console("WARNING")
     run = tmp_path / "dgl"
@@ -130,7 +130,7 @@ def test_resume_refuses_a_checkpoint_of_another_network(tmp_path):
 def test_submitit_requeue_runs_after_the_checkpoint(monkeypatch, tmp_path):
     """Under submitit its preemption handler (SIGUSR2) is chained: ours records the signal, and after the
     checkpoint `requeue()` hands over to submitit's, which requeues the job."""
-    from layerwise.preemption import Preemption
+    from layerwise.core.preemption import Preemption
 
     calls = []
 
@@ -214,7 +214,7 @@ TINY_MLP = ["data=synthetic", "data.n_train=64", "data.n_test=32", "data.batch_s
 def finished_run(tmp_path_factory):
     """A finished tiny mlp run (bp), written in-process."""
     from layerwise.runlog import setup_console
-    from layerwise.train import fit
+    from layerwise.runs.train import fit
 
     setup_console("WARNING")
     run = tmp_path_factory.mktemp("finished") / "run"
@@ -307,7 +307,7 @@ def test_summary_state_survives_a_resume():
     """The issue's case: best 0.297 at epoch 2, a resume, 0.269 at epoch 3 -> best stays 0.297."""
     from types import SimpleNamespace
 
-    from layerwise.summary import SummaryCallback
+    from layerwise.runs.summary import SummaryCallback
 
     def epoch(callback, acc, val):
         trainer = SimpleNamespace(sanity_checking=False,
@@ -330,7 +330,7 @@ def test_summary_state_survives_a_resume():
 def test_best_score_survives_a_resume_through_another_spelling_of_the_run_dir(tmp_path):
     """A symlinked experiments/ (common on clusters): Lightning would compare the paths as strings and forget the
     best score, and best.ckpt would then be overwritten by a worse epoch."""
-    from layerwise.checkpoint import RunCheckpoint
+    from layerwise.core.checkpoint import RunCheckpoint
 
     real = tmp_path / "scratch" / "run" / "checkpoints"
     real.mkdir(parents=True)

@@ -104,7 +104,7 @@ def test_refusal_leaves_the_run_directory_byte_for_byte(case, completed, tmp_pat
 
 
 def test_locked_run_directory_names_its_holder(completed, tmp_path):
-    from layerwise.rundir import RunDirLock
+    from layerwise.runs.rundir import RunDirLock
 
     run = tmp_path / "run"
     shutil.copytree(completed, run)
@@ -126,13 +126,13 @@ def test_stale_lock_of_a_killed_process_does_not_block(tmp_path):
     """SIGKILL leaves the lock file behind, but its OS lock died with the process."""
     run = tmp_path / "run"
     run.mkdir()
-    code = ("import sys, time; from pathlib import Path; from layerwise.rundir import RunDirLock; "
+    code = ("import sys, time; from pathlib import Path; from layerwise.runs.rundir import RunDirLock; "
             "lock = RunDirLock(Path(sys.argv[1])); lock.acquire(); print('locked', flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         from layerwise.errors import ConfigError
-        from layerwise.rundir import RunDirLock
+        from layerwise.runs.rundir import RunDirLock
 
         with pytest.raises(ConfigError, match=f"pid {holder.pid} on "):
             RunDirLock(run).acquire()
@@ -257,9 +257,9 @@ def test_second_ctrl_c_mid_batch_stops_as_interrupted_without_a_new_checkpoint(t
     """The second Ctrl-C lands mid-batch (here: right after one): Interrupted(at_once), not Lightning's
     KeyboardInterrupt path (SystemExit 1); summary interrupted; no checkpoint of a half-trained state."""
     from conftest import compose_cfg
-    from layerwise.preemption import Interrupted, Preemption
+    from layerwise.core.preemption import Interrupted, Preemption
     from layerwise.runlog import setup_console
-    from layerwise.train import fit
+    from layerwise.runs.train import fit
 
     class CtrlCTwice(Preemption):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):

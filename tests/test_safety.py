@@ -6,7 +6,7 @@ import torch
 from loguru import logger
 
 from conftest import TINY, fit_cfg, read_summary, run_cli, run_dirs
-from layerwise.checkpoint import CheckpointError, load_checkpoint
+from layerwise.core.checkpoint import CheckpointError, load_checkpoint
 from layerwise.runlog import add_run_log, redact
 
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # 40 hex characters, like a real wandb API key
@@ -151,7 +151,7 @@ def _capture_warnings():
 
 
 def test_wandb_log_failure_is_one_warning_and_training_goes_on():
-    from layerwise.wandb_setup import SafeWandbLogger
+    from layerwise.runs.wandb_setup import SafeWandbLogger
 
     wl = SafeWandbLogger(project="p", save_dir="/tmp", mode="disabled")
     wl._experiment = _BrokenRun()
@@ -167,7 +167,7 @@ def test_wandb_log_failure_is_one_warning_and_training_goes_on():
 def test_wandb_finish_failure_is_a_warning(monkeypatch):
     import wandb
 
-    from layerwise.wandb_setup import finish_wandb
+    from layerwise.runs.wandb_setup import finish_wandb
 
     def broken_finish(*args, **kwargs):
         raise RuntimeError("upload failed")

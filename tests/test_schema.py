@@ -9,9 +9,9 @@ from hydra import compose, initialize_config_dir
 
 from conftest import ROOT, compose_cfg, run_cli
 from layerwise.errors import ConfigError
-from layerwise.methods import build_rule
-from layerwise.schema import check_targets, validate
-from layerwise.schema.rules import DglSchema, DniSchema
+from layerwise.rules import build_rule
+from layerwise.config.schema import check_targets, validate
+from layerwise.config.rules import DglSchema, DniSchema
 
 CONF = ROOT / "conf"
 
@@ -60,8 +60,8 @@ def test_every_group_option_and_search_preset_validates(overrides):
 
 
 def test_every_rule_has_a_schema():
-    from layerwise.methods import RULES
-    from layerwise.schema.rules import RULE_SCHEMAS
+    from layerwise.rules import RULES
+    from layerwise.config.rules import RULE_SCHEMAS
 
     assert set(RULE_SCHEMAS) == set(RULES)
 
@@ -118,7 +118,7 @@ def test_schema_and_rule_constructors_refuse_the_same_options(overrides):
 
 
 def test_targets_outside_layerwise_and_torch_are_refused_anywhere():
-    check_targets({"a": {"_target_": "layerwise.report.RunReportCallback"}, "b": [{"_target_": "torch.nn.ReLU"}]})
+    check_targets({"a": {"_target_": "layerwise.reporting.report.RunReportCallback"}, "b": [{"_target_": "torch.nn.ReLU"}]})
     with pytest.raises(ConfigError, match=r"b\[1\].c._target_='subprocess.run' is not allowed"):
         check_targets({"b": [{}, {"c": {"_target_": "subprocess.run"}}]})
     with pytest.raises(ConfigError, match="torchvision.models.resnet18"):

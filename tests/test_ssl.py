@@ -8,7 +8,7 @@ from PIL import Image
 
 from conftest import DIGITS, fit_cfg, train_batches
 from layerwise.errors import ConfigError
-from layerwise.methods.ssl import shift_schedule
+from layerwise.rules.ssl import shift_schedule
 from test_rule_math import make
 
 SGD = ["optimizer.lr=0.1", "optimizer.momentum=0", "optimizer.weight_decay=0"]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from layerwise.errors import ConfigError
 from layerwise.hydra_job import process_rank
-from layerwise.resume import default_output_root, hydra_run_dir_override, is_multirun_argv, override_value
-from layerwise.rundir import SAVE_CONFIG_ENV
+from layerwise.runs.resume import default_output_root, hydra_run_dir_override, is_multirun_argv, override_value
+from layerwise.runs.rundir import SAVE_CONFIG_ENV
 
 # Invocations that print something and run no job.
 NO_JOB_FLAGS = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--version", "--shell-completion", "-sc"}
@@ -44,7 +44,7 @@ def check_writable(directory: Path) -> None:
 def _check_name(args: list[str]) -> None:
     """Hydra makes the run directory <time>_<name> before any job code runs: a name the file system refuses
     would end in Hydra's OSError traceback (a sweep's jobs are numbered dirs: their schema check names it)."""
-    from layerwise.schema.values import check_run_name
+    from layerwise.config.values import check_run_name
 
     name = override_value(args, "name")
     if name is not None and "${" not in name and not is_multirun_argv(args):
@@ -55,7 +55,7 @@ def prepare(args: list[str]) -> list[str]:
     """Extra overrides for Hydra (the resumed run's directory); ConfigError for an unwritable output dir.
 
     A single run's `.hydra/` is written by the job once it may write into its run directory (see
-    layerwise.rundir): Hydra would otherwise write it into a completed run, a locked one, or one a refused
+    layerwise.runs.rundir): Hydra would otherwise write it into a completed run, a locked one, or one a refused
     `resume=` names, before any check ran. Sweeps keep Hydra's own writing; an explicit hydra.output_subdir wins.
     """
     if NO_JOB_FLAGS & {a.split("=", 1)[0] for a in args}:

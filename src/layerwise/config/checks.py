@@ -1,0 +1,51 @@
+"""Checks run before any data is loaded, so a typo costs seconds, not a queued GPU job.
+
+`check_config`: the typed schema (layerwise.config.schema: types, unknown keys, ranges, choices, cross-field rules of
+every group and rule, the `_target_` allowlist), then the checks that need the rule object or the machine.
+"""
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from layerwise.errors import ConfigError
+from layerwise.config.schema import validate
+
+
+def check_config(cfg: DictConfig) -> None:
+    validate(cfg)
+    check_activation(cfg)
+
+
+def check_activation(cfg: DictConfig) -> None:
+    """Refuse a zero-derivative activation (sign, step) with a rule that would backpropagate through it.
+
+    Only then is the rule built (cheap: it reads its options), since the answer can depend on them (DFA's
+    injection point).
+    """
+    from layerwise.rules import build_rule
+    from layerwise.models import ZERO_DERIVATIVE_ACTIVATIONS
+
+    activation = cfg.model.get("activation")
+    if activation not in ZERO_DERIVATIVE_ACTIVATIONS:
+        return
+    rule = build_rule(cfg.method)
+    if rule.zero_derivative_activations == "refuse":
+        raise ConfigError(f"model.activation={activation} has zero derivative, so method={cfg.method.name} "
+                          f"cannot train through it; use model.activation=relu, or method=dfa method.injection=pre")
+
+
+def check_device(trainer_cfg: DictConfig) -> None:
+    import torch
+
+    if trainer_cfg.accelerator not in ("gpu", "cuda"):
+        return
+    devices = trainer_cfg.devices
+    wanted = [int(d) for d in devices] if not isinstance(devices, (int, str)) else [0]
+    if not torch.cuda.is_available():
+        raise ConfigError(f"GPU cuda:{wanted[0]} was requested (trainer.accelerator=gpu) but torch sees no CUDA GPU; "
+                          "use --device cpu (trainer.accelerator=cpu), or check CUDA_VISIBLE_DEVICES and drivers")
+    count = torch.cuda.device_count()
+    missing = [d for d in wanted if d >= count]
+    if missing:
+        raise ConfigError(f"GPU cuda:{missing[0]} was requested but only {count} GPU(s) are visible; "
+                          f"use --device cuda:0 .. cuda:{count - 1}")

@@ -1,0 +1,226 @@
+"""The typed schema of a job config, checked before any data is loaded (`validate(cfg)`).
+
+Four steps, each failing with ONE ConfigError line that names the key, the bad value, what is allowed and a fix:
+
+1. `_target_` allowlist: configs may only name classes of this package or of torch (layerwise instantiates no job
+   config itself; Hydra instantiates `hydra.callbacks`, checked by `check_hydra_targets` at run time).
+2. OmegaConf.structured(schema) merged with the resolved config: wrong types and unknown keys (with a difflib
+   "did you mean"). The schema of each group is picked by the option in use (data.name, model.arch,
+   optimizer.name, method.rule or method.name), so `+data.n_train=5` is refused with data=cifar10.
+3. Every leaf: no non-finite float (unless its field opts in), no integer beyond int64 (schema/values.py).
+4. OmegaConf.to_object: each dataclass's `__post_init__` checks ranges, choices and cross-field rules.
+"""
+from __future__ import annotations
+
+import difflib
+import functools
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional
+
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
+
+from layerwise.errors import ConfigError
+from layerwise.config.groups import (DATA_SCHEMAS, MODEL_SCHEMAS, OPTIMIZER_SCHEMAS, DataSchema, DiagnosticsSchema,
+                                     LoggerSchema, ModelSchema, OptimizerSchema, PathsSchema, TrainerSchema)
+from layerwise.config.rules import RULE_SCHEMAS, RuleSchema
+from layerwise.config.values import check_run_name, check_seed, check_values
+
+ALLOWED_TARGET_PREFIXES = ("layerwise.", "torch.")
+
+
+@dataclass
+class RootSchema:
+    PATH: ClassVar[str] = ""
+    seed: int = 0
+    name: str = MISSING
+    optimized_metric: Optional[str] = "test/acc"
+    debug: bool = False
+    resume: Optional[str] = None
+    overwrite: bool = False
+    paths: PathsSchema = field(default_factory=PathsSchema)
+    # The groups' schemas depend on the option in use; `_schema_for` fills them in.
+    data: Any = MISSING
+    model: Any = MISSING
+    method: Any = MISSING
+    optimizer: Any = MISSING
+    trainer: TrainerSchema = field(default_factory=TrainerSchema)
+    logger: LoggerSchema = field(default_factory=LoggerSchema)
+    diagnostics: Optional[DiagnosticsSchema] = None
+
+    def __post_init__(self) -> None:
+        from layerwise.config.search import metric_name
+
+        check_seed(self, "seed")
+        check_run_name(self.name, self.paths.output_root)
+        metric_name(self)  # one list of metrics, in layerwise.config.search
+        # Both split the network: the rule's regrouping would silently override the model's.
+        splits = [k for k in ("num_modules", "split") if getattr(self.method, k, None) is not None]
+        if splits and self.model.blocks is not None:
+            raise ConfigError(f"method.{splits[0]} and model.blocks both split the network into modules; "
+                              f"set one of them (model.blocks=null)")
+
+    def get(self, name: str, default=None):  # what layerwise.config.search.metric_name reads configs with
+        return getattr(self, name, default)
+
+
+def _pick(group: str, choice: Any, table: dict, base: type) -> type:
+    """The schema of the option in use; an unknown data/model/optimizer kind gets the base schema, whose
+    __post_init__ names the allowed ones. Every rule and optimizer has its own schema: an unknown one stops here."""
+    if group in ("method", "optimizer") and choice not in table:
+        raise ConfigError(f"{group}={choice!r} is not known; available: {', '.join(sorted(table))}")
+    return table.get(choice, base)
+
+
+def _schema_for(container: dict) -> DictConfig:
+    """The root schema with each group's schema chosen by the option the config uses."""
+    def option(group: str, name: str = "name"):
+        node = container.get(group)
+        return node.get(name) if isinstance(node, dict) else None
+
+    method = container.get("method") if isinstance(container.get("method"), dict) else {}
+    return _structured(_pick("data", option("data"), DATA_SCHEMAS, DataSchema),
+                       _pick("model", option("model", "arch"), MODEL_SCHEMAS, ModelSchema),
+                       _pick("method", method.get("rule") or method.get("name"), RULE_SCHEMAS, RuleSchema),
+                       _pick("optimizer", option("optimizer"), OPTIMIZER_SCHEMAS, OptimizerSchema))
+
+
+@functools.lru_cache(maxsize=64)
+def _structured(data: type, model: type, method: type, optimizer: type) -> DictConfig:
+    """Built once per combination (OmegaConf.structured is slow); merge copies it, so sharing is safe."""
+    schema = OmegaConf.structured(RootSchema(data=data, model=model, method=method, optimizer=optimizer))
+    OmegaConf.set_readonly(schema, True)
+    return schema
+
+
+# ------------------------------------------------------------------------------------------ error messages
+
+NODE_WORDS = {"IntegerNode": "an integer", "FloatNode": "a number", "BooleanNode": "true or false",
+              "StringNode": "a string", "ListConfig": "a list", "DictConfig": "a mapping"}
+TYPE_WORDS = {int: "integers", float: "numbers", bool: "true or false", str: "strings"}
+
+
+def _expected(schema: DictConfig, path: str) -> str:
+    """What the schema wants at `path` ("an integer", "a list of integers", ...), from its OmegaConf node."""
+    node: Any = schema
+    item = "[" in path
+    for part in path.split("[")[0].split("."):
+        node = node._get_node(part) if isinstance(node, DictConfig) else None
+        if node is None:
+            return "of another type"
+    if isinstance(node, ListConfig) or item:
+        element = getattr(node._metadata, "element_type", None)
+        words = f"a list of {TYPE_WORDS[element]}" if element in TYPE_WORDS else "a list"
+    else:
+        words = NODE_WORDS.get(type(node).__name__, "of another type")
+    return words + (" or null" if node._is_optional() else "")
+
+
+def _leaf_keys(node: Any, prefix: str) -> list[str]:
+    if isinstance(node, DictConfig):
+        keys = []
+        for k in node.keys():
+            sub = node._get_node(k)
+            keys += _leaf_keys(sub, f"{prefix}.{k}") if isinstance(sub, DictConfig) and not sub._is_none() else [
+                f"{prefix}.{k}"]
+        return keys
+    return [prefix]
+
+
+def _owner(path: str, container: dict) -> str:
+    top = path.split(".")[0]
+    node = container.get(top)
+    if top in ("data", "model", "method", "optimizer") and isinstance(node, dict) and node.get("name"):
+        return f"{top}={node['name']}"
+    return f"the {top} config" if "." in path else "the root config"
+
+
+def _unknown_key(path: str, schema: DictConfig, container: dict) -> ConfigError:
+    top, _, rest = path.partition(".")
+    candidates = _leaf_keys(schema[top], top) if rest and top in schema else list(schema.keys())
+    # Compared without the group prefix, which every candidate shares and which would make any key look close.
+    relative = {c.partition(".")[2] if rest else c: c for c in candidates}
+    close = difflib.get_close_matches(rest or top, list(relative), n=1, cutoff=0.6)
+    fix = (f"did you mean {relative[close[0]]}?" if close
+           else "remove it or fix its name (python main.py --cfg job lists every key)")
+    return ConfigError(f"{path} is not an option of {_owner(path, container)}; {fix}")
+
+
+def _translate(err: OmegaConfBaseException, schema: DictConfig, container: dict) -> ConfigError:
+    path = str(getattr(err, "full_key", "") or getattr(err, "key", "") or "")
+    if isinstance(err, ConfigKeyError):
+        return _unknown_key(path, schema, container)
+    if isinstance(err, MissingMandatoryValue):
+        return ConfigError(f"{path} has no value (???); set it on the command line, e.g. {path}=...")
+    if isinstance(err, ValidationError):
+        value = OmegaConf.select(OmegaConf.create(container), path, default=getattr(err, "value", None))
+        key = path.split("[")[0]
+        default = OmegaConf.select(schema, key, default=None, throw_on_missing=False)
+        if isinstance(default, (DictConfig, ListConfig)):
+            default = str(OmegaConf.to_container(default)).replace(" ", "")  # as typed on a command line
+        elif isinstance(default, bool):
+            default = str(default).lower()
+        example = f", e.g. {key}={default}" if default is not None and default != "{}" else ""
+        return ConfigError(f"{key} must be {_expected(schema, path)}, got {value!r}{example}")
+    first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return ConfigError(f"{path or 'the config'} is invalid: {first_line}")
+
+
+# ---------------------------------------------------------------------------------------- _target_ allowlist
+
+def target_allowed(target: Any) -> bool:
+    return isinstance(target, str) and target.startswith(ALLOWED_TARGET_PREFIXES)
+
+
+def check_targets(node: Any, prefix: str = "") -> None:
+    """Every `_target_` under `node` names a class of layerwise or torch."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            path = f"{prefix}.{k}" if prefix else str(k)
+            if k == "_target_" and not target_allowed(v):
+                raise ConfigError(f"{path}={v!r} is not allowed: a config may only name classes of layerwise or torch "
+                                  f"(layerwise.*, torch.*); remove this _target_ or point it at one of those")
+            check_targets(v, path)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            check_targets(v, f"{prefix}[{i}]")
+
+
+def check_hydra_targets() -> None:
+    """The `hydra.callbacks` of the running Hydra job (Hydra instantiates them itself, before the job starts:
+    this stops the run, it cannot stop that constructor from having run)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    callbacks = HydraConfig.get().get("callbacks")
+    if callbacks:
+        check_targets(OmegaConf.to_container(callbacks, resolve=False), "hydra.callbacks")
+
+
+# ------------------------------------------------------------------------------------------------ validate
+
+def validate(cfg: DictConfig) -> RootSchema:
+    """Check `cfg` against the schema; ConfigError (one line) on the first problem. Returns the typed config."""
+    try:
+        container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    except OmegaConfBaseException as err:
+        path = getattr(err, "full_key", "") or "a value"
+        raise ConfigError(f"{path} cannot be resolved ({str(err).splitlines()[0]}); fix the interpolation") from None
+    check_targets(container)
+    check_hydra_targets()
+    # to_object would quietly fill a ??? with the schema's default (e.g. data.root of data=image_folder).
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{missing[0]} has no value (???); set it on the command line, e.g. {missing[0]}=...")
+    schema = _schema_for(container)
+    try:
+        merged = OmegaConf.merge(schema, container)
+        check_values(merged, schema)  # non-finite floats, integers beyond int64: before any range check
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise _translate(err, schema, container) from None
+
+
+__all__ = ["ALLOWED_TARGET_PREFIXES", "RootSchema", "check_hydra_targets", "check_targets", "target_allowed",
+           "validate"]
