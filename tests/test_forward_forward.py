@@ -248,8 +248,8 @@ REFERENCE_FLOOR = 0.6  # measured 0.81 and 0.85 (seeds 0, 1); the former form at
     (["method.loss_reduction=sum"], "loss_reduction='sum' is not known; choose one of mean, sum_halves"),
     (["method.normalize=l2"], "normalize='l2' is not known; choose one of rms, unit"),
     (["method.threshold=width"], "threshold='width' must be a number or units"),
-    (["method.peer_normalization=-1"], "peer_normalization=-1 must be >= 0"),
-    (["method.peer_momentum=1"], r"peer_momentum=1 must be in \[0, 1\)"),
+    (["method.peer_normalization=-1"], "peer_normalization=-1 is out of range; it must be >= 0"),
+    (["method.peer_momentum=1"], r"peer_momentum=1 is out of range; it must be in \[0, 1\)"),
 ])
 def test_formulation_options_are_checked(overrides, match):
     with pytest.raises(ConfigError, match=match):

@@ -154,9 +154,9 @@ def test_signal_reports_the_parts_and_early_exits_follow_the_loss():
 
 @pytest.mark.parametrize("overrides, match", [
     (["method.loss=simpred"], "loss='simpred' is not known"),
-    (["method.beta=1.5"], r"beta=1.5 must be in \[0, 1\]"),
+    (["method.beta=1.5"], r"beta=1.5 is out of range; it must be in \[0, 1\]"),
     (["method.beta=-0.1"], r"must be in \[0, 1\]"),
-    (["method.dim_in_decoder=0"], "dim_in_decoder=0 must be >= 1"),
+    (["method.dim_in_decoder=0"], "dim_in_decoder=0 is out of range; it must be >= 1"),
 ])
 def test_config_errors_name_the_fix(overrides, match):
     with pytest.raises(ConfigError, match=match):

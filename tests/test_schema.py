@@ -11,7 +11,8 @@ from conftest import ROOT, compose_cfg, run_cli
 from layerwise.errors import ConfigError
 from layerwise.rules import build_rule
 from layerwise.config.schema import check_targets, validate
-from layerwise.config.rules import DglSchema, DniSchema
+from layerwise.rules.dgl import DglOptions
+from layerwise.rules.dni import DniOptions
 
 CONF = ROOT / "conf"
 
@@ -59,16 +60,22 @@ def test_every_group_option_and_search_preset_validates(overrides):
     validate(compose_cfg(overrides))
 
 
-def test_every_rule_has_a_schema():
-    from layerwise.rules import RULES
-    from layerwise.config.rules import RULE_SCHEMAS
+def test_every_rule_is_found_and_has_its_own_options():
+    from layerwise.rules import rule_class, rule_names
+    from layerwise.rules.base import RuleOptions
 
-    assert set(RULE_SCHEMAS) == set(RULES)
+    names = rule_names()
+    assert {"bp", "dgl", "dni", "dfa", "fa", "sign_symmetry", "forward_forward", "infopro", "predsim", "ssl"} <= set(names)
+    assert not {"base", "feedback", "pre_pool"} & set(names)
+    for name in names:
+        options = rule_class(name).Options
+        assert issubclass(options, RuleOptions)
+        assert name == "bp" or options is not RuleOptions, name  # every rule but bp has options of its own
 
 
 def test_options_of_a_reused_rule_use_that_rules_schema():
-    assert isinstance(validate(compose_cfg(["method=cdni"])).method, DniSchema)
-    assert isinstance(validate(compose_cfg(["method=random_features"])).method, DglSchema)
+    assert isinstance(validate(compose_cfg(["method=cdni"])).method, DniOptions)
+    assert isinstance(validate(compose_cfg(["method=random_features"])).method, DglOptions)
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -89,3 +89,46 @@ def number_or(obj: Any, name: str, words: Iterable[str], low=None, example=None)
         bound = f" >= {low}" if low is not None else ""
         raise ConfigError(f"{path}={value!r} must be {' or '.join(words)} or an integer{bound}, "
                           f"e.g. {path}={example if example is not None else words[0]}")
+
+
+def checked_options(options: type, cfg: Any, **defaults: Any):
+    """`cfg` (a mapping, or None) on top of the dataclass `options`' defaults, checked by its `__post_init__`s.
+
+    For objects built from code (tests, notebooks): the CLI checks the whole config first, with the key's
+    expected type in its message (layerwise.config.schema); here a wrong type is one line too. Returns a
+    DictConfig typed by `options`. `defaults` fill fields `cfg` leaves out (e.g. the rule's name).
+    """
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    given = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg or {})
+    given = {**{k: v for k, v in defaults.items() if given.get(k) is None}, **given} if defaults else given
+    prefix = getattr(options, "PATH", "")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(options), given)
+        OmegaConf.to_object(merged)  # runs the checks
+    except OmegaConfBaseException as err:
+        path = getattr(err, "full_key", "") or ""
+        where = f"{prefix}.{path}" if prefix and path else (path or prefix or "the options")
+        raise ConfigError(f"{where}: {str(err).splitlines()[0]}") from None
+    return merged
+
+
+SEED_MAX = 2**32 - 1  # numpy's seed range, which Lightning's seed_everything checks
+
+
+def check_seed(obj: Any, name: str) -> None:
+    """A seed numpy accepts (the range Lightning's seed_everything checks)."""
+    in_range(obj, name, 0, SEED_MAX, example=0, what="numpy's seed range")
+
+
+def import_object(path: str, key: str):
+    """The object at a `package.module.name` import path (a `_target_` of the user's); one line if it is not there."""
+    import importlib
+
+    module, _, name = str(path).rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ConfigError(f"{key}={path} cannot be imported ({type(err).__name__}: {err}); check the module path and "
+                          "that its package is installed or on PYTHONPATH") from None

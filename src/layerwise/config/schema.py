@@ -21,12 +21,14 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
 from layerwise.errors import ConfigError
-from layerwise.config.groups import (DATA_SCHEMAS, MODEL_SCHEMAS, OPTIMIZER_SCHEMAS, DataSchema, DiagnosticsSchema,
-                                     LoggerSchema, ModelSchema, OptimizerSchema, PathsSchema, TrainerSchema)
-from layerwise.config.rules import RULE_SCHEMAS, RuleSchema
-from layerwise.config.values import check_run_name, check_seed, check_values
+from layerwise.config.groups import (OPTIMIZER_SCHEMAS, DiagnosticsSchema, LoggerSchema, OptimizerSchema, PathsSchema,
+                                     TrainerSchema)
+from layerwise.config.values import check_run_name, check_values
+from layerwise.options import check_seed
 
 ALLOWED_TARGET_PREFIXES = ("layerwise.", "torch.")
+#: Where a config may name code of the user's own (a rule class, a network builder, a dataset loader).
+USER_TARGETS = ("method._target_", "model._target_", "data._target_")
 
 
 @dataclass
@@ -66,8 +68,8 @@ class RootSchema:
 
 def _pick(group: str, choice: Any, table: dict, base: type) -> type:
     """The schema of the option in use; an unknown data/model/optimizer kind gets the base schema, whose
-    __post_init__ names the allowed ones. Every rule and optimizer has its own schema: an unknown one stops here."""
-    if group in ("method", "optimizer") and choice not in table:
+    __post_init__ names the allowed ones. Every optimizer has its own schema: an unknown one stops here."""
+    if group == "optimizer" and choice not in table:
         raise ConfigError(f"{group}={choice!r} is not known; available: {', '.join(sorted(table))}")
     return table.get(choice, base)
 
@@ -78,10 +80,16 @@ def _schema_for(container: dict) -> DictConfig:
         node = container.get(group)
         return node.get(name) if isinstance(node, dict) else None
 
-    method = container.get("method") if isinstance(container.get("method"), dict) else {}
-    return _structured(_pick("data", option("data"), DATA_SCHEMAS, DataSchema),
-                       _pick("model", option("model", "arch"), MODEL_SCHEMAS, ModelSchema),
-                       _pick("method", method.get("rule") or method.get("name"), RULE_SCHEMAS, RuleSchema),
+    from layerwise.data import data_options  # each group's options dataclasses live beside its code
+    from layerwise.models import model_options
+    from layerwise.rules import class_for
+
+    def node(group: str) -> dict:
+        return container.get(group) if isinstance(container.get(group), dict) else {}
+
+    method = node("method")
+    return _structured(data_options(node("data")), model_options(node("model")),
+                       class_for(method).Options,
                        _pick("optimizer", option("optimizer"), OPTIMIZER_SCHEMAS, OptimizerSchema))
 
 
@@ -177,7 +185,9 @@ def check_targets(node: Any, prefix: str = "") -> None:
     if isinstance(node, dict):
         for k, v in node.items():
             path = f"{prefix}.{k}" if prefix else str(k)
-            if k == "_target_" and not target_allowed(v):
+            if k == "_target_" and path in USER_TARGETS:
+                continue  # the user's own rule, network or dataset: imported and checked where it is used
+            if k == "_target_" and v is not None and not target_allowed(v):
                 raise ConfigError(f"{path}={v!r} is not allowed: a config may only name classes of layerwise or torch "
                                   f"(layerwise.*, torch.*); remove this _target_ or point it at one of those")
             check_targets(v, path)

@@ -19,7 +19,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from layerwise.errors import ConfigError
 
-SEED_MAX = 2**32 - 1          # numpy.random.seed, and so Lightning's seed_everything
 INT_MAX = 2**63 - 1           # int64: torch tensors, numpy arrays, C loops
 RUN_DIR_PREFIX = "HH-MM-SS_"  # hydra.run.dir names a run <time>_<name> (conf/config.yaml)
 DEFAULT_NAME_MAX = 255        # bytes per path component on ext4, xfs, btrfs, APFS, NTFS
@@ -81,13 +80,6 @@ def check_values(merged: DictConfig, schema: DictConfig | None = None) -> None:
     """Every leaf of the merged config (typed by the schema): finite floats, int64 integers. `schema` supplies the
     defaults shown as examples. Runs before the `__post_init__`s, which then compare only real numbers."""
     _walk(merged, "", False, schema)
-
-
-def check_seed(obj: Any, name: str) -> None:
-    """A seed numpy accepts (the range Lightning's seed_everything checks)."""
-    from layerwise.options import in_range
-
-    in_range(obj, name, 0, SEED_MAX, example=0, what="numpy's seed range")
 
 
 def name_max(directory: Path | None = None) -> int:

@@ -15,17 +15,20 @@ loaded training arrays, as no per-channel values are published with it.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
 from loguru import logger
+from omegaconf import MISSING
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from layerwise.data.datasets import CROP_PIPELINES, LOADERS, STREAMED_SETS, DataInfo, _image_folder, check_readable
+from layerwise.data.datasets import CROP_PIPELINES, DATA_OPTIONS, DataOptions, LOADERS, STREAMED_SETS, DataInfo, _image_folder, check_readable
 from layerwise.data.checks import check_class_sets, class_folders, expect_folder
 from layerwise.errors import ConfigError, DataError
 
@@ -302,3 +305,11 @@ LOADERS.update({
 })
 STREAMED_SETS.update({"imagenet", "imagenette"})
 CROP_PIPELINES.update({"imagenet": imagenet_transform_steps, "imagenette": imagenet_transform_steps})
+
+
+@dataclass
+class FolderOptions(DataOptions):
+    folder: str = MISSING  # the dataset's sub-folder of data.root (imagenet, imagenette, imagenet32)
+
+
+DATA_OPTIONS.update(dict.fromkeys(("imagenet", "imagenette", "imagenet32"), FolderOptions))

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision.transforms import v2
 
 from layerwise.data.device_loader import LOADER_KINDS, DeviceImages, DeviceLoader, check_device_loader
-from layerwise.data.datasets import CROP_PIPELINES, LOADERS, STREAMED_SETS, DataInfo, TensorImages, _decode_steps
+from layerwise.data.datasets import CROP_PIPELINES, LOADERS, loader_of, STREAMED_SETS, DataInfo, TensorImages, _decode_steps
 from layerwise.errors import ConfigError
 from layerwise.data.sampling import WORKER_SEEDS, EpochSampler, SeededSamples, mix_seed
 
@@ -163,7 +163,7 @@ class ImageDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        train, test, info = LOADERS[self.cfg.name](self.cfg)
+        train, test, info = loader_of(self.cfg)(self.cfg)
         # The transforms compare data.image_size with the native size (info.size) to decide on a Resize, so
         # info.size becomes the model's input size only after they are built.
         eval_transform = build_transform(self.cfg, info, train=False)

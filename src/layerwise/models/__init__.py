@@ -8,14 +8,33 @@ from __future__ import annotations
 from torch import nn
 
 from layerwise.errors import ConfigError
-from layerwise.models.network import (ACTIVATIONS, VGG_PLANS, ZERO_DERIVATIVE_ACTIVATIONS, InputSpec, LayerGroup,
+from layerwise.models.network import (ACTIVATIONS, ConvOptions, LenetOptions, MlpOptions, ModelOptions, VGG_PLANS, ZERO_DERIVATIVE_ACTIVATIONS, InputSpec, LayerGroup,
                                       Network, Sign, Step, _activation, conv_layers, flat_layers, group_layers,
                                       is_activation, lenet_layers, mlp, regroup, split_head)
-from layerwise.models.resnets import RESNET_ARCHES, resnet_network
+from layerwise.models.resnets import RESNET_ARCHES, ResNetOptions, resnet_network
+from layerwise.options import import_object
+
+#: model.arch -> the options of that architecture (the VGGs have no keys of their own).
+MODEL_OPTIONS: dict[str, type[ModelOptions]] = {"mlp": MlpOptions, "basic_cnn": ConvOptions, "lenet": LenetOptions,
+                                                **dict.fromkeys(VGG_PLANS, ModelOptions),
+                                                **dict.fromkeys(RESNET_ARCHES, ResNetOptions)}
+ARCHES = list(MODEL_OPTIONS)
+
+
+def model_options(cfg) -> type[ModelOptions]:
+    """The options dataclass of a model config: its builder's `Options` for a `_target_`, else its arch's."""
+    if cfg.get("_target_"):
+        return getattr(import_object(cfg["_target_"], "model._target_"), "Options", ModelOptions)
+    arch = cfg.get("arch")
+    if arch not in MODEL_OPTIONS:
+        raise ConfigError(f"model.arch={arch!r} is not known; choose one of {', '.join(ARCHES)}")
+    return MODEL_OPTIONS[arch]
 
 
 def build_network(cfg, spec: InputSpec) -> Network:
-    """Build the network named by `cfg.arch` for inputs described by `spec`."""
+    """Build the network named by `cfg.arch` (or the user's builder `cfg._target_`) for inputs described by `spec`."""
+    if cfg.get("_target_"):
+        return import_object(cfg._target_, "model._target_")(cfg, spec)
     arch = cfg.arch
     if arch in RESNET_ARCHES:
         return resnet_network(cfg, spec)
@@ -58,6 +77,6 @@ def build_network(cfg, spec: InputSpec) -> Network:
     return Network(group_layers(layers, cfg.blocks), head)
 
 
-__all__ = ["ACTIVATIONS", "VGG_PLANS", "ZERO_DERIVATIVE_ACTIVATIONS", "InputSpec", "LayerGroup", "Network", "Sign",
+__all__ = ["ACTIVATIONS", "ARCHES", "MODEL_OPTIONS", "ModelOptions", "model_options", "VGG_PLANS", "ZERO_DERIVATIVE_ACTIVATIONS", "InputSpec", "LayerGroup", "Network", "Sign",
            "Step", "build_network", "conv_layers", "flat_layers", "group_layers", "is_activation", "lenet_layers", "mlp",
            "regroup", "split_head"]

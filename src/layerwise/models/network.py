@@ -6,13 +6,15 @@ learning rule trains locally. The head maps the last block's output to logits.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, List, Optional, Sequence
 
 import torch
+from omegaconf import MISSING
 from torch import nn
 
 from layerwise.errors import ConfigError
+from layerwise.options import in_range, items_in_range, number_or, one_of
 
 # Channel plans of the CIFAR VGGs ("M" = 2x2 max-pool).
 VGG_PLANS: dict[str, list] = {
@@ -222,3 +224,69 @@ def lenet_layers(cfg, spec: InputSpec) -> tuple[list[nn.Module], int, int]:
         raise ConfigError(f"model {cfg.name} needs inputs of at least {3 * kernel + 1 - 2 * int(pad)} px "
                           f"(got {spec.size}); set data.image_size")
     return layers, c2, side
+
+
+# ------------------------------------------------------------------------------------------------ options
+
+PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
+
+
+@dataclass
+class ModelOptions:
+    PATH: ClassVar[str] = "model"
+    name: str = MISSING
+    arch: str = MISSING
+    _target_: Optional[str] = None   # a network builder of the user's ((cfg, InputSpec) -> Network), by import path
+    dropout: float = 0.0
+    padding_mode: str = "zeros"
+    batch_norm: bool = True
+    activation: str = "relu"
+    kernel_size: int = 3
+    width_mult: float = 1.0
+    head_hidden: List[int] = field(default_factory=list)
+    # null = one block per layer | K groups | a list of group sizes
+    blocks: Any = None
+
+    def __post_init__(self) -> None:
+        in_range(self, "dropout", 0, 1, high_open=True, example=0.2)
+        one_of(self, "padding_mode", PADDING_MODES)
+        one_of(self, "activation", ACTIVATIONS)
+        in_range(self, "kernel_size", 1, example=3)
+        in_range(self, "width_mult", 0, low_open=True, example=0.5)
+        items_in_range(self, "head_hidden", 1, example="[256]")
+        blocks = self.blocks
+        if blocks is None or (isinstance(blocks, int) and not isinstance(blocks, bool) and blocks >= 1):
+            return
+        if isinstance(blocks, (list, tuple)) and blocks and all(
+                isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in blocks):
+            return
+        raise ConfigError(f"model.blocks={blocks!r} must be null (one block per layer), a number of blocks >= 1 "
+                          f"or a list of group sizes >= 1, e.g. model.blocks=[2,2,4]")
+
+
+@dataclass
+class MlpOptions(ModelOptions):
+    widths: List[int] = field(default_factory=lambda: [256, 256, 256])
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        items_in_range(self, "widths", 1, min_length=1, example="[256,256]")
+
+
+@dataclass
+class ConvOptions(ModelOptions):
+    channels: List[int] = field(default_factory=lambda: [128, 128, 128])
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        items_in_range(self, "channels", 1, min_length=1, example="[32,32,32]")
+
+
+@dataclass
+class LenetOptions(ConvOptions):
+    first_padding: Any = "auto"   # auto | an int
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        items_in_range(self, "channels", 1, length=2, example="[6,16]")
+        number_or(self, "first_padding", ["auto"], low=0, example=2)

@@ -12,12 +12,15 @@ how an int K is grouped:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from layerwise.errors import ConfigError
-from layerwise.models.network import Network, _activation, _scaled, group_layers, mlp
+from layerwise.options import one_of
+from layerwise.models.network import ModelOptions, Network, _activation, _scaled, group_layers, mlp
 
 #: CIFAR ResNets of He et al. 2016, section 4.2: depth = 6n + 2.
 CIFAR_DEPTHS = {"resnet20": 20, "resnet32": 32, "resnet44": 44, "resnet56": 56, "resnet110": 110}
@@ -229,3 +232,17 @@ def balanced_sizes(costs: list[float], k: int) -> list[int]:
         sizes.append(i - m)
         i = m
     return sizes[::-1]
+
+
+@dataclass
+class ResNetOptions(ModelOptions):
+    split: str = "even"      # even | flops | memory | infopro: how model.blocks=K groups the residual blocks
+    shortcut: str = "A"      # CIFAR ResNets: A = zero-padded identity (He et al.'s CIFAR choice) | B = 1x1 projection
+    stem: str = "cifar"      # torchvision ResNets: cifar = 3x3/1 conv, no max-pool | imagenet = 7x7/2 + max-pool
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        one_of(self, "split", SPLITS)
+        check_split(self.split, self.blocks)
+        one_of(self, "shortcut", SHORTCUTS)
+        one_of(self, "stem", STEMS)

@@ -1,39 +1,80 @@
-"""Learning rules, one file each. `build_rule` maps `method.name` to its class."""
+"""Learning rules, one file each: the rule's class and its options dataclass (`Options`), beside each other.
+
+A rule's name is its module's name (rules/dgl.py holds method=dgl). Rules are found without a list to edit:
+- every module of this package but the shared parts below;
+- installed packages' entry points in the group `layerwise.rules` (`myrule = "mylab.rules:MyRule"`);
+- `method._target_=mylab.rules.MyRule`: any importable LearningRule subclass, by its path.
+`rule_names()` lists them without importing a rule (the CLI's --help); `rule_class` imports one.
+"""
 from __future__ import annotations
 
+import importlib
+import pkgutil
+from importlib.metadata import entry_points
+
 from layerwise.errors import ConfigError
-from layerwise.rules.base import LearningRule, Signal, TrainGroup
-from layerwise.rules.bp import Backprop
-from layerwise.rules.dgl import DecoupledGreedy
-from layerwise.rules.dni import SyntheticGradients
-from layerwise.rules.dfa import DirectFeedbackAlignment
-from layerwise.rules.forward_forward import ForwardForward
-from layerwise.rules.ssl import SelfSupervised
-from layerwise.rules.infopro import InfoPro
-from layerwise.rules.predsim import LocalErrorSignals
-from layerwise.rules.fa import FeedbackAlignment
-from layerwise.rules.sign_symmetry import SignSymmetry
+from layerwise.options import import_object
 
-RULES: dict[str, type[LearningRule]] = {
-    Backprop.name: Backprop,
-    DecoupledGreedy.name: DecoupledGreedy,
-    SyntheticGradients.name: SyntheticGradients,
-    DirectFeedbackAlignment.name: DirectFeedbackAlignment,
-    ForwardForward.name: ForwardForward,
-    SelfSupervised.name: SelfSupervised,
-    InfoPro.name: InfoPro,
-    LocalErrorSignals.name: LocalErrorSignals,
-    FeedbackAlignment.name: FeedbackAlignment,
-    SignSymmetry.name: SignSymmetry,
-}
+#: Modules of this package that rules share, not rules: the base class, the FA family's feedback layers, the
+#: pre-pool hooks of predsim and ssl.
+SHARED_MODULES = ("base", "feedback", "pre_pool")
+ENTRY_POINT_GROUP = "layerwise.rules"
 
 
-def build_rule(cfg) -> LearningRule:
-    """`method.rule` names the class when a preset (e.g. cdni, random_features) reuses another rule's code."""
-    key = cfg.get("rule") or cfg.name
-    if key not in RULES:
-        raise ConfigError(f"method={key!r} is not known; available: {', '.join(sorted(RULES))}")
-    return RULES[key](cfg)
+def _package_rules() -> list[str]:
+    return [m.name for m in pkgutil.iter_modules(__path__) if m.name not in SHARED_MODULES
+            and not m.name.startswith("_")]
 
 
-__all__ = ["RULES", "LearningRule", "Signal", "TrainGroup", "build_rule"]
+def _entry_points() -> dict:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def rule_names() -> list[str]:
+    """Every rule `method=<name>` can name: this package's, then installed packages' (entry points)."""
+    return sorted({*_package_rules(), *_entry_points()})
+
+
+def _checked(cls, where: str):
+    from layerwise.rules.base import LearningRule
+
+    if not (isinstance(cls, type) and issubclass(cls, LearningRule)):
+        raise ConfigError(f"{where} is not a learning rule (a subclass of layerwise.rules.base.LearningRule)")
+    return cls
+
+
+def import_rule(path: str):
+    """The rule class at a `module.Class` import path (method._target_)."""
+    return _checked(import_object(path, "method._target_"), f"method._target_={path}")
+
+
+def rule_class(name: str):
+    """The class of the rule named `name` (its module's name, or an entry point's)."""
+    if name in _package_rules():
+        module = importlib.import_module(f"{__name__}.{name}")
+        from layerwise.rules.base import LearningRule
+
+        classes = [c for c in vars(module).values() if isinstance(c, type) and issubclass(c, LearningRule)
+                   and c.__module__ == module.__name__ and c.name == name]
+        if len(classes) != 1:
+            raise ConfigError(f"layerwise/rules/{name}.py must define one LearningRule subclass with name = {name!r}")
+        return classes[0]
+    points = _entry_points()
+    if name in points:
+        return _checked(points[name].load(), f"the entry point {name} = {points[name].value}")
+    raise ConfigError(f"method={name!r} is not known; available: {', '.join(rule_names())}")
+
+
+def class_for(cfg):
+    """The class a method config runs: `_target_` if set, else `rule` (a preset reusing a rule), else `name`."""
+    target = cfg.get("_target_")
+    if target:
+        return import_rule(str(target))
+    return rule_class(str(cfg.get("rule") or cfg.get("name")))
+
+
+def build_rule(cfg):
+    return class_for(cfg)(cfg)
+
+
+__all__ = ["build_rule", "class_for", "import_rule", "rule_class", "rule_names"]

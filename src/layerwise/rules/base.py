@@ -19,12 +19,28 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from omegaconf import MISSING
+
 from layerwise.models import Network
+from layerwise.options import checked_options
+
+
+@dataclass
+class RuleOptions:
+    """The options every rule has. A rule's own options subclass this, in the rule's file: their defaults are the
+    config node `method=<name>` (conf/method/<name>.yaml only holds what a preset changes), their `__post_init__`
+    checks run before any data is loaded and again when a rule is built from code."""
+
+    PATH: ClassVar[str] = "method"
+    name: str = MISSING
+    rule: Optional[str] = None      # the rule whose code runs, when a preset reuses another's (cdni, random_features)
+    _target_: Optional[str] = None  # a rule class outside layerwise, by import path (mylab.rules.MyRule)
 
 
 @dataclass
@@ -76,6 +92,8 @@ class LearningRule(nn.Module):
     """Base class: plain backprop semantics; subclasses override what differs."""
 
     name = "base"
+    #: The dataclass of the rule's options (RuleOptions or a subclass, defined beside the rule).
+    Options: ClassVar[type] = RuleOptions
     #: True when no gradient may cross block boundaries (inputs are detached).
     local = False
     #: True when the head trains on detached features too (every block has its own signal).
@@ -92,7 +110,8 @@ class LearningRule(nn.Module):
 
     def __init__(self, cfg=None):
         super().__init__()
-        self.cfg = cfg
+        #: The rule's options: `cfg` on top of `Options`' defaults, checked.
+        self.cfg = checked_options(self.Options, cfg, name=self.name)
         self.n_blocks = 0
 
     def setup(self, net: Network, example: torch.Tensor, num_classes: int) -> None:

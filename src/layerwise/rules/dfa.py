@@ -34,7 +34,8 @@ It lives in the network's hook dict and the rule looks it up from the network in
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from loguru import logger
@@ -42,8 +43,9 @@ from torch import nn
 from torch.nn.grad import conv2d_input
 
 from layerwise.errors import ConfigError
-from layerwise.rules.feedback import check_init, check_scale, random_feedback
-from layerwise.rules.base import LearningRule, Signal, TrainGroup, output_shapes
+from layerwise.options import one_of
+from layerwise.rules.feedback import FeedbackOptions, check_scale, random_feedback
+from layerwise.rules.base import LearningRule, RuleOptions, Signal, TrainGroup, output_shapes
 from layerwise.models import Network, Sign, Step, is_activation, split_head
 
 INJECTIONS = ("post", "pre")
@@ -57,6 +59,35 @@ def check_shape(shape: str, injection: str) -> str:
         raise ConfigError("method.feedback.shape=conv_shared feeds the next conv's input, i.e. the block output; "
                           "use method.injection=post (or method.feedback.shape=dense)")
     return shape
+
+
+@dataclass
+class DfaFeedbackOptions(FeedbackOptions):
+    # dense: one row of B_i per element of the block output (classes x size) | conv_shared (biotorch): where the
+    # next layer is a conv, B_i is a (classes x C x k x k) kernel with that conv's geometry, applied to e broadcast
+    # over its output map (the same weights at every position); dense where the next layer is a Linear
+    shape: str = "dense"
+    # multiplies B_i, i.e. the blocks' step size (the head's is optimizer.lr). 1.0 makes the default relu MLP (no
+    # batch norm) diverge at lr 0.05 on digits: B ignores the layers above, so nothing stops hidden activations
+    # from growing. 0.3 is stable there and as good as 1.0 on BasicCNN (batch norm).
+    scale: Any = 0.3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        one_of(self, "shape", FEEDBACK_SHAPES)
+
+
+@dataclass
+class DfaOptions(RuleOptions):
+    # post: B_i e is the gradient of the block output (paper; f' applies) | pre: the gradient of the last
+    # activation's input, skipping f', so model.activation=sign|step can learn
+    injection: str = "post"
+    feedback: DfaFeedbackOptions = field(default_factory=DfaFeedbackOptions)
+
+    def __post_init__(self) -> None:
+        one_of(self, "injection", INJECTIONS)
+        check_scale(self.feedback.scale, "dfa")
+        check_shape(self.feedback.shape, self.injection)
 
 
 @dataclass(frozen=True)
@@ -125,19 +156,17 @@ def pre_activation_tap(block: nn.Module) -> PreActivation:
 
 class DirectFeedbackAlignment(LearningRule):
     name = "dfa"
+    Options = DfaOptions
     local = True
     detach_head = True
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.injection = str(cfg.get("injection", "post"))
-        if self.injection not in INJECTIONS:
-            raise ConfigError(f"method.injection={self.injection!r} is not known; choose post (Nøkland: the "
-                              "block output's gradient) or pre (the last pre-activation's, skipping f')")
-        feedback = cfg.get("feedback") or {}
-        self.init = check_init(str(feedback.get("init", "default")))
-        self.scale = check_scale(feedback.get("scale", 0.3), "dfa")
-        self.shape = check_shape(str(feedback.get("shape", "dense")), self.injection)
+        self.injection = str(self.cfg.injection)
+        feedback = self.cfg.feedback
+        self.init = str(feedback.init)
+        self.scale = check_scale(feedback.scale, "dfa")
+        self.shape = str(feedback.shape)
         self.geometry: list[ConvGeometry | None] = []
         self.zero_derivative_activations = "train" if self.injection == "pre" else "warn"
         self.moved = 0

@@ -10,26 +10,35 @@ unchanged. Layers are converted in place in `setup` (see `layerwise.rules.feedba
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 
 from torch import nn
 
-from layerwise.rules.feedback import (FixedFeedback, check_init, check_scale, convert_layers, last_linear,
+from layerwise.rules.feedback import (FeedbackOptions, FixedFeedback, check_scale, convert_layers, last_linear,
                                 random_feedback)
-from layerwise.rules.base import LearningRule
+from layerwise.rules.base import LearningRule, RuleOptions
 from layerwise.models import Network
+
+
+@dataclass
+class FaOptions(RuleOptions):
+    feedback: FeedbackOptions = field(default_factory=FeedbackOptions)
+    exact_last: bool = False   # keep the output layer's backward exact (true gradient to the penultimate layer)
+
+    def __post_init__(self) -> None:
+        check_scale(self.feedback.scale, "fa")
 
 
 class FeedbackAlignment(LearningRule):
     name = "fa"
+    Options = FaOptions
     local = False
 
     def __init__(self, cfg=None):
         super().__init__(cfg)
-        cfg = cfg or {}
-        feedback = cfg.get("feedback") or {}
-        self.init = check_init(str(feedback.get("init", "default")))
-        self.scale = self.checked_scale(feedback.get("scale", 1.0))
-        self.exact_last = bool(cfg.get("exact_last", False))
+        self.init = str(self.cfg.feedback.init)
+        self.scale = self.checked_scale(self.cfg.feedback.scale)
+        self.exact_last = bool(self.cfg.exact_last)
         self.converted: Counter = Counter()
 
     def checked_scale(self, value):

@@ -8,6 +8,9 @@ Inside `exact_gradients()` they behave like the plain layers (the alignment diag
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
 import math
 from collections import Counter
 from contextlib import contextmanager
@@ -20,6 +23,7 @@ from torch import nn
 from torch.nn.grad import conv2d_input, conv2d_weight
 
 from layerwise.errors import ConfigError
+from layerwise.options import one_of
 
 INITS = ("default", "kaiming_uniform", "kaiming_normal", "xavier_uniform", "xavier_normal", "orthogonal")
 
@@ -96,6 +100,20 @@ def check_scale(value, rule: str, variant: str | None = None):
         raise ConfigError(f"method.feedback.scale={value!r} must be a number > 0{words}, "
                           f"e.g. method.feedback.scale=1.0")
     return float(value)
+
+
+@dataclass
+class FeedbackOptions:
+    """method.feedback of the FA family: how the fixed random B is drawn and scaled."""
+
+    PATH: ClassVar[str] = "method.feedback"
+    # default (the layer's own W init, U(±1/sqrt(fan_in))) | kaiming_uniform | kaiming_normal | xavier_uniform |
+    # xavier_normal | orthogonal
+    init: str = "default"
+    scale: Any = 1.0   # B = scale * draw: a number > 0 | null; sign_symmetry usf also rms | init_std (per rule)
+
+    def __post_init__(self) -> None:
+        one_of(self, "init", INITS)
 
 
 def check_init(init: str) -> str:

@@ -14,14 +14,18 @@ the lambdas move linearly from [start] at the first local module to [end] at the
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import List, Optional
+
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
 from layerwise.errors import ConfigError
-from layerwise.rules.base import LearningRule, Signal, TrainGroup, output_shapes
-from layerwise.rules.dgl import build_aux_head, check_aux_config
+from layerwise.options import in_range, items_in_range, one_of
+from layerwise.rules.base import LearningRule, RuleOptions, Signal, TrainGroup, output_shapes
+from layerwise.rules.dgl import AuxOptions, build_aux_head
 from layerwise.models import Network, flat_layers, regroup
 
 RECON_LOSSES = ("bce", "mse")
@@ -126,23 +130,54 @@ class Decoder(nn.Module):
         return self.net(h).view(len(h), *self.image_shape)
 
 
+@dataclass
+class InfoProOptions(RuleOptions):
+    """Local modules: null keeps the model's blocks; num_modules K regroups its layers into K nearly equal groups;
+    split gives the group sizes, e.g. [2,1]. Set at most one of the two, and leave model.blocks null then.
+    recon_weight / pred_weight: [first, last] local module, linear in between (the paper's ixx_1/ixx_2 and
+    ixy_1/ixy_2). These defaults are this project's; the paper tunes them per number of modules K
+    (experiment=wang_infopro_cifar10 has its values)."""
+
+    num_modules: Optional[int] = None
+    split: Optional[List[int]] = None
+    recon_loss: str = "bce"      # bce (sigmoid of the decoder vs the target, the paper's) | mse (raw decoder output)
+    # image: the raw image in [0, 1], data.normalize undone (the paper's) | minmax: each image's channels
+    # stretched to [0, 1] (this project's earlier target) | input: the network input as normalised (mse only)
+    recon_target: str = "image"
+    label_loss: str = "ce"       # ce (aux classifier, see aux) | contrast (supervised contrastive loss, a projection)
+    recon_weight: List[float] = field(default_factory=lambda: [5.0, 0.5])   # lambda1: the reconstruction's weight
+    pred_weight: List[float] = field(default_factory=lambda: [1.0, 1.0])    # lambda2: the label term's weight
+    decoder_channels: int = 12   # hidden channels of the conv decoder (12 in the paper's code)
+    feature_dim: int = 128       # label_loss=contrast: projection size
+    temperature: float = 0.07    # label_loss=contrast: SupCon temperature
+    # the aux classifier (ce) / projection head (contrast: always globally average-pooled); type infopro_paper is
+    # the paper's head
+    aux: AuxOptions = field(default_factory=AuxOptions)
+
+    def __post_init__(self) -> None:
+        one_of(self, "recon_loss", RECON_LOSSES)
+        check_recon(self.recon_loss, self.recon_target)
+        one_of(self, "label_loss", LABEL_LOSSES)
+        items_in_range(self, "recon_weight", 0, length=2, example="[5.0,0.5]")
+        items_in_range(self, "pred_weight", 0, length=2, example="[1.0,1.0]")
+        check_weights(self.recon_weight[:1], self.pred_weight[:1])  # the end pair: per module, in setup
+        if self.num_modules is not None and self.split is not None:
+            raise ConfigError("method.num_modules and method.split both set; set one of them (the other to null)")
+        in_range(self, "num_modules", 2, example=2)
+        items_in_range(self, "split", 1, min_length=2, example="[2,1]")
+        in_range(self, "decoder_channels", 1, example=12)
+        in_range(self, "feature_dim", 1, example=128)
+        in_range(self, "temperature", 0, low_open=True, example=0.07, what="the paper uses 0.07")
+
+
 class InfoPro(LearningRule):
     name = "infopro"
+    Options = InfoProOptions
     local = True
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.recon_target = str(cfg.get("recon_target", "image"))
-        check_recon(cfg.recon_loss, self.recon_target)
-        if cfg.label_loss not in LABEL_LOSSES:
-            raise ConfigError(f"method.label_loss={cfg.label_loss!r} is not known; choose ce or contrast")
-        check_aux_config(cfg.aux)
-        recon, pred = _weight_pair(cfg, "recon_weight"), _weight_pair(cfg, "pred_weight")
-        check_weights(recon[:1], pred[:1])  # the end pair matters only with 2+ local modules: checked in setup
-        if cfg.num_modules is not None and cfg.split is not None:
-            raise ConfigError("method.num_modules and method.split both set; set one of them (the other to null)")
-        if float(cfg.temperature) <= 0:
-            raise ConfigError(f"method.temperature={cfg.temperature} must be > 0; the paper uses 0.07")
+        self.recon_target = str(self.cfg.recon_target)
         self.decoders = nn.ModuleList()
         self.label_heads = nn.ModuleList()
         self.recon_weights: list[float] = []
@@ -241,16 +276,3 @@ class InfoPro(LearningRule):
         c = self.cfg
         return (f"infopro ({self.n_blocks} modules, recon {c.recon_loss} of the {self.recon_target} "
                 f"{list(c.recon_weight)}, label {c.label_loss} {list(c.pred_weight)}, head {c.aux.type})")
-
-
-def _weight_pair(cfg, key: str) -> tuple[float, float]:
-    value = cfg.get(key)
-    try:
-        pair = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        pair = ()
-    if isinstance(value, str) or len(pair) != 2:
-        raise ConfigError(f"method.{key}={value!r} must be a [start, end] pair of numbers, e.g. method.{key}=[1.0,1.0]")
-    if min(pair) < 0:
-        raise ConfigError(f"method.{key}={list(pair)} has a negative weight; use weights >= 0")
-    return pair

@@ -31,6 +31,8 @@ Details follow the paper's code (github.com/anokland/local-loss):
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import math
 
 import torch
@@ -38,7 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from layerwise.errors import ConfigError
-from layerwise.rules.base import LearningRule, Signal, TrainGroup, output_shapes
+from layerwise.options import in_range, one_of
+from layerwise.rules.base import LearningRule, RuleOptions, Signal, TrainGroup, output_shapes
 from layerwise.rules.pre_pool import PrePoolMaps
 from layerwise.models import Network
 
@@ -107,24 +110,36 @@ class LocalLoss(nn.Module):
         return F.mse_loss(similarity_matrix(self.projection(h)), target)
 
 
+@dataclass
+class PredSimOptions(RuleOptions):
+    loss: str = "predsim"         # pred (linear classifier CE) | sim (similarity matching MSE) | predsim (both)
+    beta: float = 0.99            # predsim only: weight of the sim loss; pred gets 1 - beta (paper: 0.99)
+    dim_in_decoder: int = 2048    # pred: average-pool the block output until at most this many features remain
+    # losses read a conv layer's map before its max-pool (paper: the pool is a layer of its own); the block
+    # still passes the pooled map on. false: losses on the pooled output
+    loss_before_pool: bool = True
+    zero_init_head: bool = False  # the network head's output Linear starts at zero (the paper's code)
+
+    def __post_init__(self) -> None:
+        one_of(self, "loss", LOSSES)
+        in_range(self, "beta", 0, 1, example=0.99, what="the weight of the sim loss")
+        in_range(self, "dim_in_decoder", 1, example=2048)
+
+
 class LocalErrorSignals(LearningRule):
     name = "predsim"
+    Options = PredSimOptions
     local = True
     detach_head = True
 
     def __init__(self, cfg):
         super().__init__(cfg)
+        cfg = self.cfg
         self.loss = str(cfg.loss)
         self.beta = float(cfg.beta)
         self.dim_in_decoder = int(cfg.dim_in_decoder)
-        self.loss_before_pool = bool(cfg.get("loss_before_pool", True))
-        self.zero_init_head = bool(cfg.get("zero_init_head", False))
-        if self.loss not in LOSSES:
-            raise ConfigError(f"method.loss={self.loss!r} is not known; choose one of {', '.join(LOSSES)}")
-        if not 0.0 <= self.beta <= 1.0:
-            raise ConfigError(f"method.beta={self.beta} must be in [0, 1] (the weight of the sim loss)")
-        if self.dim_in_decoder < 1:
-            raise ConfigError(f"method.dim_in_decoder={self.dim_in_decoder} must be >= 1 (e.g. 2048)")
+        self.loss_before_pool = bool(cfg.loss_before_pool)
+        self.zero_init_head = bool(cfg.zero_init_head)
         self.local_losses = nn.ModuleList()
         self.pre_pool = PrePoolMaps()
         self.pooled_blocks: list[int] = []

@@ -11,26 +11,40 @@ M is drawn like W's init (`feedback.init`); `feedback.scale` (null = 1) multipli
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from torch import nn
 
-from layerwise.errors import ConfigError
-from layerwise.rules.feedback import SignFeedback, SignMagnitudeFeedback, check_scale, init_std
-from layerwise.rules.fa import FeedbackAlignment
+from layerwise.options import one_of
+from layerwise.rules.feedback import FeedbackOptions, SignFeedback, SignMagnitudeFeedback, check_scale, init_std
+from layerwise.rules.fa import FaOptions, FeedbackAlignment
 
 VARIANTS = ("usf", "brsf", "frsf")
 
 
+@dataclass
+class SignSymmetryOptions(FaOptions):
+    variant: str = "usf"   # usf: sign(W)*scale | brsf: |M| redrawn every batch | frsf: |M| drawn once
+    # usf: null | rms = the RMS of the current W (||B|| = ||W||) | init_std = the std of the layer's init scheme
+    # (feedback.init), fixed (biotorch's uSF) | a number; brsf/frsf: a multiplier (null = 1). M is drawn with
+    # feedback.init.
+    feedback: FeedbackOptions = field(default_factory=lambda: FeedbackOptions(scale=None))
+
+    def __post_init__(self) -> None:
+        one_of(self, "variant", VARIANTS)
+        check_scale(self.feedback.scale, "sign_symmetry", self.variant)
+
+
 class SignSymmetry(FeedbackAlignment):
     name = "sign_symmetry"
+    Options = SignSymmetryOptions
 
     def __init__(self, cfg=None):
         super().__init__(cfg)
-        self.variant = str((cfg or {}).get("variant", "usf"))
-        if self.variant not in VARIANTS:
-            raise ConfigError(f"method.variant={self.variant!r} is not known; choose one of {', '.join(VARIANTS)}")
+        self.variant = str(self.cfg.variant)
 
     def checked_scale(self, value):
-        return check_scale(value, "sign_symmetry", str((self.cfg or {}).get("variant", "usf")))
+        return check_scale(value, "sign_symmetry", str(self.cfg.variant))
 
     def make_feedback(self, layer: nn.Module) -> nn.Module:
         if self.variant == "usf":

@@ -1,0 +1,104 @@
+"""The config nodes derived from the options dataclasses, served to Hydra as the search path entry `layerwise://`.
+
+`method=<name>` composes the defaults of that rule's `Options` (plus `name`), so a rule needs no YAML: a file in
+conf/method/ (or a user's --config-dir) with the same name is found first and is a preset, which includes the
+rule's node in its defaults list when it changes only some options (conf/method/cdni.yaml: `- dni`).
+`shared/model` and `shared/data` are the defaults of `ModelOptions` and `DataOptions`, which every preset in
+conf/model and conf/data starts from.
+
+Hydra finds these classes through the `hydra_plugins.layerwise` package in every process that composes a config
+(sweep workers included). Listing a group imports nothing (the CLI's --help stays fast); loading a node imports
+that one rule's module.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from hydra.core.config_search_path import ConfigSearchPath
+from hydra.core.object_type import ObjectType
+from hydra.plugins.config_source import ConfigResult, ConfigSource
+from hydra.plugins.search_path_plugin import SearchPathPlugin
+from omegaconf import OmegaConf
+
+SCHEME = "layerwise"
+
+
+def _rule_names() -> List[str]:
+    from layerwise.rules import rule_names
+
+    return rule_names()
+
+
+def _rule_node(name: str) -> Dict[str, Any]:
+    from layerwise.rules import rule_class
+
+    return options_node(rule_class(name).Options, name=name)
+
+
+def options_node(options: type, **values: Any) -> Dict[str, Any]:
+    """The defaults of an options dataclass as a plain mapping (untyped: layerwise.config.schema checks the
+    composed config and words its errors), with `values` set."""
+    node = OmegaConf.to_container(OmegaConf.structured(options), resolve=False)
+    node.update(values)
+    return node
+
+
+def _shared_node(name: str) -> Dict[str, Any]:
+    """The options every model / every dataset has: the base the presets in conf/model and conf/data include
+    (`- /shared@_here_: model`)."""
+    if name == "model":
+        from layerwise.models import ModelOptions
+
+        return options_node(ModelOptions)
+    from layerwise.data import DataOptions
+
+    return options_node(DataOptions)
+
+
+#: group -> (the names it offers, without importing them; the node of one name)
+GROUPS: Dict[str, Tuple[Callable[[], List[str]], Callable[[str], Dict[str, Any]]]] = {
+    "method": (_rule_names, _rule_node),
+    "shared": (lambda: ["data", "model"], _shared_node),
+}
+
+
+class OptionsConfigSource(ConfigSource):
+    @staticmethod
+    def scheme() -> str:
+        return SCHEME
+
+    def available(self) -> bool:
+        return True
+
+    @staticmethod
+    def _split(config_path: str) -> Tuple[str, str]:
+        path = config_path.strip("/")
+        path = path[:-len(".yaml")] if path.endswith(".yaml") else path
+        group, _, name = path.rpartition("/")
+        return group, name
+
+    def load_config(self, config_path: str) -> ConfigResult:
+        group, name = self._split(config_path)
+        node = GROUPS[group][1](name)
+        return ConfigResult(config=OmegaConf.create(node), path=f"{SCHEME}://{self.path}", provider=self.provider,
+                            header={"package": None})
+
+    def is_group(self, config_path: str) -> bool:
+        return config_path.strip("/") in GROUPS
+
+    def is_config(self, config_path: str) -> bool:
+        group, name = self._split(config_path)
+        return group in GROUPS and name in GROUPS[group][0]()
+
+    def list(self, config_path: str, results_filter: Optional[ObjectType]) -> List[str]:
+        path = config_path.strip("/")
+        if path == "":
+            return sorted(GROUPS) if results_filter in (None, ObjectType.GROUP) else []
+        if path in GROUPS and results_filter in (None, ObjectType.CONFIG):
+            return sorted(GROUPS[path][0]())
+        return []
+
+
+class OptionsSearchPath(SearchPathPlugin):
+    def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+        search_path.append(provider="layerwise", path=f"{SCHEME}://")
