@@ -19,6 +19,7 @@ run: $(STAMP)
 	$(BIN)/python main.py experiment=quickstart
 
 test: $(STAMP)
+	$(BIN)/ruff check src tests scripts main.py
 	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=25 tests
 
 clean-venv:

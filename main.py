@@ -3,31 +3,10 @@
     python main.py method=dgl model=vgg16 trainer.max_epochs=100
     python main.py -m method=bp,dgl seed=0,1,2
     python main.py --dgl --device cuda:0          (original thesis flags, translation printed)
+
+The same as the `layerwise` command and `python -m layerwise` (layerwise/__main__.py), kept for the habit.
 """
-import sys
-
-import hydra
-from omegaconf import DictConfig
-
-from layerwise.cli import register_help_resolvers, translate_argv
-from layerwise import preflight
-from layerwise.errors import ConfigError
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def hydra_main(cfg: DictConfig):
-    from layerwise.runs.train import run  # heavy imports (torch, lightning) only when a job runs
-
-    return run(cfg)
-
+from layerwise.__main__ import main
 
 if __name__ == "__main__":
-    args = translate_argv(sys.argv[1:])
-    try:
-        args += preflight.prepare(args)  # resume= continues in the run's own dir
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    sys.argv = [sys.argv[0], *args]
-    register_help_resolvers()  # for --help (conf/hydra/help/layerwise.yaml)
-    hydra_main()
+    main()
