@@ -31,7 +31,6 @@ import copy
 import importlib.util
 import json
 import logging
-import math
 import os
 import statistics
 import sys
@@ -54,7 +53,8 @@ MB = 2**20
 
 # ------------------------------------------------------------------------------------------------ experiment
 def compose(model: str, method: str, batch_size: int, accelerator: str, extra: list[str]):
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     overrides = [f"model={model}", f"method={method}", "data=synthetic", f"data.batch_size={batch_size}",
                  # the synthetic set is only used for its shape; keep its generation cheap
@@ -99,9 +99,9 @@ def build_project(cfg):
 
 
 def build_plain(cfg) -> tuple[nn.Module, torch.optim.Optimizer]:
+    from layerwise.core.optim import build_optimizer
     from layerwise.data import ImageDataModule
     from layerwise.models import build_network
-    from layerwise.core.optim import build_optimizer
 
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule = ImageDataModule(cfg.data)

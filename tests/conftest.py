@@ -54,9 +54,9 @@ def small_module(overrides: list[str], spec, batch: int = 16):
     """A LayerwiseModule for `overrides` on a random batch shaped by `spec` (labels cycle through the classes)."""
     import torch
 
-    from layerwise.rules import build_rule
-    from layerwise.models import build_network
     from layerwise.core.module import LayerwiseModule
+    from layerwise.models import build_network
+    from layerwise.rules import build_rule
 
     cfg = compose_cfg(overrides)
     torch.manual_seed(0)

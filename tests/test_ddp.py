@@ -15,11 +15,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from conftest import compose_cfg
-from layerwise.core.grad_sync import sync_step_point
-from layerwise.parallel.distributed import LayerwiseDDPStrategy, build_strategy, use_sync_batchnorm
-from layerwise.errors import ConfigError
-from layerwise.core.guard import DivergedError, NonFiniteGuard
 from layerwise.core.experiment import build_experiment
+from layerwise.core.grad_sync import sync_step_point
+from layerwise.core.guard import DivergedError, NonFiniteGuard
+from layerwise.errors import ConfigError
+from layerwise.parallel.distributed import LayerwiseDDPStrategy, build_strategy, use_sync_batchnorm
 
 # MLP without BatchNorm and no augmentation: per-sample math is identical in both setups.
 SMALL = ["data=synthetic", "data.n_train=64", "data.n_test=64", "data.image_size=8", "data.num_workers=0",

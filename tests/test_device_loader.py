@@ -9,8 +9,8 @@ from torchvision.transforms import v2
 from conftest import TINY, compose_cfg, fit_cfg
 from layerwise.data import ImageDataModule
 from layerwise.data.device_loader import BatchAugment
-from layerwise.errors import ConfigError
 from layerwise.data.sampling import AUGMENT, mix_seed
+from layerwise.errors import ConfigError
 
 AUGMENTED = ["data.augment.random_crop=true", "data.augment.horizontal_flip=true", "data.batch_size=32"]
 

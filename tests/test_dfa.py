@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from conftest import compose_cfg, fit_cfg, run_cli, train_batches
-from layerwise.core.batch import backward_only, run_batch
 from layerwise.config.checks import check_config
-from layerwise.errors import ConfigError
-from layerwise.rules import build_rule
-from layerwise.models import InputSpec, build_network
+from layerwise.core.batch import backward_only, run_batch
 from layerwise.core.module import LayerwiseModule
+from layerwise.errors import ConfigError
+from layerwise.models import InputSpec, build_network
+from layerwise.rules import build_rule
 
 SPEC = InputSpec(1, 4, 5)  # 16 inputs, 5 classes
 CNN = ["model=basic_cnn", "model.channels=[4,6]", "model.kernel_size=3", "model.head_hidden=[7]"]

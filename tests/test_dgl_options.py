@@ -89,14 +89,15 @@ def test_first_trainable_block_out_of_range_is_refused(value):
 
 # ----------------------------------------------------------------------------- Belilovsky et al.'s aux heads
 def _layers(head):
-    return [(type(m).__name__, tuple(getattr(m, "weight").shape) if hasattr(m, "weight") and m.weight is not None
+    return [(type(m).__name__, tuple(m.weight.shape) if hasattr(m, "weight") and m.weight is not None
              else None) for m in head if not isinstance(m, nn.Sequential)]
 
 
 @pytest.mark.parametrize("sr", [False, True])
 def test_dgl_paper_head_pools_to_2x2_then_three_bn_layers_of_width_4c(sr):
-    from layerwise.rules.dgl import build_aux_head
     from omegaconf import OmegaConf
+
+    from layerwise.rules.dgl import build_aux_head
 
     cfg = OmegaConf.create({"type": "dgl_paper_sr" if sr else "dgl_paper", "hidden_dim": 256, "n_hidden_layers": 1,
                             "pool_size": None, "cnn_channels": 128, "cnn_layers": 1})

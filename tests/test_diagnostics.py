@@ -9,9 +9,9 @@ from torch import nn
 from conftest import DIGITS, TINY, compose_cfg, fit_cfg, read_summary
 from layerwise.core.checkpoint import load_checkpoint
 from layerwise.diagnostics.probes import GradientAlignment, feedback_geometry, gradient_alignment, linear_probe
-from layerwise.rules.feedback import FeedbackLayer, FixedFeedback, convert_layers
-from layerwise.rules import build_rule
 from layerwise.models import InputSpec, build_network
+from layerwise.rules import build_rule
+from layerwise.rules.feedback import FeedbackLayer, FixedFeedback, convert_layers
 
 MLP = ["model=mlp", "model.widths=[32,32,32]", "model.head_hidden=[16]"]
 SPEC = InputSpec(3, 8, 5)

@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import DIGITS, compose_cfg, fit_cfg, train_batches
-from layerwise.errors import ConfigError
-from layerwise.rules import build_rule
-from layerwise.models import build_network
 from layerwise.config.schema import validate
+from layerwise.errors import ConfigError
+from layerwise.models import build_network
+from layerwise.rules import build_rule
 from test_rule_math import SPEC, make
 
 SGD = ["optimizer.lr=0.1", "optimizer.momentum=0", "optimizer.weight_decay=0"]

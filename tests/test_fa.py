@@ -3,16 +3,22 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from conftest import DIGITS, DIGITS_MLP, compose_cfg, fit_cfg
 from layerwise.config.checks import check_config
 from layerwise.errors import ConfigError
-from layerwise.rules.feedback import (FeedbackConv2d, FeedbackLinear, FixedFeedback, SignMagnitudeFeedback,
-                                convert_layers, exact_gradients, last_linear)
-from layerwise.rules import build_rule
 from layerwise.models import InputSpec, build_network
+from layerwise.rules import build_rule
+from layerwise.rules.feedback import (
+    FeedbackConv2d,
+    FeedbackLinear,
+    FixedFeedback,
+    SignMagnitudeFeedback,
+    convert_layers,
+    exact_gradients,
+    last_linear,
+)
 
 
 def _grads(layer, x, grad_out):

@@ -11,9 +11,9 @@ from torch import nn
 from conftest import compose_cfg, fit_cfg, small_module, train_batches
 from layerwise.core.batch import run_batch
 from layerwise.errors import ConfigError
+from layerwise.models import InputSpec, Network, build_network
 from layerwise.rules import build_rule
 from layerwise.rules import forward_forward as ff
-from layerwise.models import InputSpec, Network, build_network
 
 SPEC = InputSpec(3, 8, 5)
 SGD = ["optimizer=sgd", "optimizer.lr=0.1", "optimizer.momentum=0", "optimizer.weight_decay=0",

@@ -118,8 +118,8 @@ def test_guard_checks_gradients_without_overflowing_on_large_finite_ones():
 
 
 def test_unknown_mode_is_a_config_error():
-    from layerwise.errors import ConfigError
     from layerwise.core.guard import NonFiniteGuard
+    from layerwise.errors import ConfigError
 
     with pytest.raises(ConfigError, match="trainer.nonfinite='ignore'"):
         NonFiniteGuard("ignore")

@@ -8,11 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import DIGITS, TINY, compose_cfg, fit_cfg, train_batches
+from layerwise.core.module import LayerwiseModule
 from layerwise.errors import ConfigError
+from layerwise.models import InputSpec, LayerGroup, build_network, regroup
 from layerwise.rules import build_rule
 from layerwise.rules.infopro import lambda_schedule, supcon_loss
-from layerwise.models import InputSpec, LayerGroup, build_network, regroup
-from layerwise.core.module import LayerwiseModule
 
 SPEC = InputSpec(3, 8, 5)
 SGD = ["optimizer.lr=0.1", "optimizer.momentum=0", "optimizer.weight_decay=0"]

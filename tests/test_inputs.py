@@ -13,10 +13,10 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import ROOT, TINY, compose_cfg, run_cli
-from layerwise.errors import ConfigError, ResourceError
-from layerwise.core.resources import memory_errors
 from layerwise.config.schema import _schema_for, validate
 from layerwise.config.values import check_run_name, check_values
+from layerwise.core.resources import memory_errors
+from layerwise.errors import ConfigError, ResourceError
 from layerwise.options import SEED_MAX
 
 MLP = [*TINY, "model=mlp", "model.widths=[32]", "logger=none"]
@@ -204,7 +204,7 @@ def test_dgl_aux_pool_size_larger_than_the_map_pools_to_the_map():
 @pytest.mark.parametrize("model", sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml")))
 def test_every_model_passes_the_memory_check_on_the_meta_device(model):
     """The pre-check runs before every run: it must build each architecture without memory and pass a normal one."""
-    from layerwise.models import InputSpec
     from layerwise.core.resources import check_network_fits
+    from layerwise.models import InputSpec
 
     check_network_fits(compose_cfg([f"model={model}"]), InputSpec(channels=3, size=32, num_classes=10))

@@ -124,10 +124,10 @@ def test_throughput_definitions():
 def test_stop_mid_epoch_then_resume_is_bit_identical(runs, tmp_path):
     """A stop before batch 7 of epoch 2 (as a signal would): interrupted summary and checkpoint, Interrupted(SIGTERM);
     resume= continues to the uninterrupted run's weights, optimizer and scheduler states, RNG and metrics."""
-    from layerwise.runs.pipeline import fit_pipeline
     from layerwise.core.preemption import Interrupted
-    from layerwise.runs.resume import resolve
     from layerwise.runlog import setup_console
+    from layerwise.runs.pipeline import fit_pipeline
+    from layerwise.runs.resume import resolve
 
     root = runs[0]
     setup_console("WARNING")

@@ -17,7 +17,6 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 
 from conftest import TINY, compose_cfg
-
 from layerwise.core.acceleration import BatchGradScaler, compile_mode, compile_units
 from layerwise.errors import ConfigError
 

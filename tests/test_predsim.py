@@ -8,10 +8,10 @@ from torch import nn
 
 from conftest import DIGITS, TINY, compose_cfg, fit_cfg, small_module, train_batches
 from layerwise.errors import ConfigError
+from layerwise.models import InputSpec, build_network
 from layerwise.rules import build_rule
 from layerwise.rules.pre_pool import trailing_pool
 from layerwise.rules.predsim import LocalLoss, pred_pool_size, similarity_matrix
-from layerwise.models import InputSpec, build_network
 from test_rule_math import SPEC
 
 SGD = ["optimizer.lr=0.1", "optimizer.momentum=0", "optimizer.weight_decay=0", "optimizer.scheduler.name=none"]

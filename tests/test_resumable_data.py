@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import TINY, compose_cfg, run_cli
-from layerwise.data import module as data_module
 from layerwise.data import ImageDataModule
+from layerwise.data import module as data_module
 from layerwise.errors import DataError
 
 # Synthetic images with both random augmentations on, so every batch depends on the augmentation draws.

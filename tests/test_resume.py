@@ -75,8 +75,8 @@ def _training_state(run_dir):
 @pytest.mark.parametrize("case", list(CASES))
 def test_interrupted_then_resumed_equals_uninterrupted(case, tmp_path):
     from layerwise.core.preemption import Interrupted, Preemption
-    from layerwise.runs.resume import resolve
     from layerwise.runlog import setup_console
+    from layerwise.runs.resume import resolve
     from layerwise.runs.train import fit
 
     setup_console("WARNING")
@@ -111,8 +111,8 @@ def test_interrupted_then_resumed_equals_uninterrupted(case, tmp_path):
 
 def test_resume_refuses_a_checkpoint_of_another_network(tmp_path):
     from layerwise.core.checkpoint import CheckpointError
-    from layerwise.runs.resume import resolve
     from layerwise.runlog import setup_console
+    from layerwise.runs.resume import resolve
     from layerwise.runs.train import fit
 
     setup_console("WARNING")

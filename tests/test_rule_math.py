@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import compose_cfg, train_batches
-from layerwise.rules import build_rule
-from layerwise.models import InputSpec, build_network
 from layerwise.core.module import LayerwiseModule
+from layerwise.models import InputSpec, build_network
+from layerwise.rules import build_rule
 
 SPEC = InputSpec(3, 8, 5)
 

@@ -8,9 +8,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from conftest import ROOT, compose_cfg, run_cli
+from layerwise.config.schema import check_targets, validate
 from layerwise.errors import ConfigError
 from layerwise.rules import build_rule
-from layerwise.config.schema import check_targets, validate
 from layerwise.rules.dgl import DglOptions
 from layerwise.rules.dni import DniOptions
 

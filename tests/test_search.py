@@ -10,9 +10,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import ROOT, TINY, compose_cfg, fit_cfg, read_summary, run_cli, run_dirs
+from layerwise.config.search import METRICS, SearchCheck, check_optimized_metric, objective, patch_optuna_failed_trials
 from layerwise.data import ImageDataModule, split_indices
 from layerwise.errors import ConfigError
-from layerwise.config.search import METRICS, SearchCheck, check_optimized_metric, objective, patch_optuna_failed_trials
 
 SYNTH = ["data=synthetic", "data.n_train=200", "data.n_test=20", "data.image_size=8", "data.num_classes=5"]
 

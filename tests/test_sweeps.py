@@ -84,8 +84,9 @@ def test_slurm_launcher_preset_composes_with_cluster_keys():
 
 def test_the_sweep_table_shows_each_jobs_own_overrides(tmp_path):
     """An Optuna sweep's rows all read bp/mlp/synthetic/0: the sampled values are what tell them apart."""
-    from layerwise.reporting.report import load_summaries, runs_table, with_own_overrides
     from rich.console import Console
+
+    from layerwise.reporting.report import load_summaries, runs_table, with_own_overrides
 
     shared = ["hparams_search=optuna", "model=mlp"]
     for num, own in enumerate([["optimizer.lr=0.0012345678901", "data.batch_size=64"],

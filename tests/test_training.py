@@ -5,7 +5,6 @@ import pytest
 
 from conftest import DIGITS, TINY, fit_cfg
 
-
 # Rules whose blocks have early-exit classifiers (reported as block_test_acc, one per block).
 EXITS = {"dgl", "ssl", "predsim", "infopro"}
 METHODS = ["bp", "dgl", "dni", "cdni", "ssl", "predsim", "infopro", "random_features", "fa", "sign_symmetry", "dfa",

@@ -30,19 +30,6 @@ def hydra_main(cfg: DictConfig):
     return run(cfg)
 
 
-def _register_configs(args: list[str]) -> None:
-    # The config store (layerwise.config.store, being written alongside this) registers configs that are not
-    # YAML files, e.g. a user's own rule; until it exists there is nothing to register. Remove the guard once
-    # it lands. Only its own absence is tolerated: an ImportError inside it must surface.
-    try:
-        from layerwise.config.store import register_configs
-    except ModuleNotFoundError as err:
-        if err.name != "layerwise.config.store":
-            raise
-        return
-    register_configs(args)
-
-
 def main() -> None:
     args = translate_argv(sys.argv[1:])
     try:
@@ -52,12 +39,7 @@ def main() -> None:
         raise SystemExit(2) from None
     sys.argv = [sys.argv[0], *args]
     register_help_resolvers()  # for --help (conf/hydra/help/layerwise.yaml)
-    try:
-        _register_configs(args)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    hydra_main()
+    hydra_main()  # the options' defaults come from layerwise.config.source, which Hydra finds as a plugin
 
 
 if __name__ == "__main__":

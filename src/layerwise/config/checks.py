@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from layerwise.errors import ConfigError
 from layerwise.config.schema import validate
+from layerwise.errors import ConfigError
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -22,8 +22,8 @@ def check_activation(cfg: DictConfig) -> None:
     Only then is the rule built (cheap: it reads its options), since the answer can depend on them (DFA's
     injection point).
     """
-    from layerwise.rules import build_rule
     from layerwise.models import ZERO_DERIVATIVE_ACTIVATIONS
+    from layerwise.rules import build_rule
 
     activation = cfg.model.get("activation")
     if activation not in ZERO_DERIVATIVE_ACTIVATIONS:

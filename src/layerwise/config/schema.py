@@ -20,10 +20,16 @@ from typing import Any, ClassVar, Optional
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
-from layerwise.errors import ConfigError
-from layerwise.config.groups import (OPTIMIZER_SCHEMAS, DiagnosticsSchema, LoggerSchema, OptimizerSchema, PathsSchema,
-                                     TrainerSchema)
+from layerwise.config.groups import (
+    OPTIMIZER_SCHEMAS,
+    DiagnosticsSchema,
+    LoggerSchema,
+    OptimizerSchema,
+    PathsSchema,
+    TrainerSchema,
+)
 from layerwise.config.values import check_run_name, check_values
+from layerwise.errors import ConfigError
 from layerwise.options import check_seed
 
 ALLOWED_TARGET_PREFIXES = ("layerwise.", "torch.")

@@ -108,7 +108,7 @@ def check_search_space(config) -> None:
         if OmegaConf.select(config, key.lstrip("+"), default=missing) is missing:
             method = OmegaConf.select(config, "method.name")
             fix = ("use hparams_search=optuna for rules without aux heads (method.aux.* exists for dgl, ssl, "
-                   "infopro)" if key.startswith("method.aux.") else f"check the key's spelling, or drop it")
+                   "infopro)" if key.startswith("method.aux.") else "check the key's spelling, or drop it")
             raise ConfigError(f"the search space (hydra.sweeper.params) has {key}, which the config with "
                               f"method={method} does not have; {fix}")
 

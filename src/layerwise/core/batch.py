@@ -10,8 +10,8 @@ from typing import Callable
 
 import torch
 
-from layerwise.rules.base import LearningRule, Signal
 from layerwise.models import Network
+from layerwise.rules.base import LearningRule, Signal
 
 #: backward(signal, output, metric_prefix, stage): stage is the block index (n_blocks: the head), or None
 #: for a signal from `after_backward`.

@@ -9,9 +9,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from layerwise.core.module import LayerwiseModule
+from layerwise.core.resources import check_network_fits
 from layerwise.data import ImageDataModule
 from layerwise.models import build_network
-from layerwise.core.resources import check_network_fits
 from layerwise.rules import build_rule
 
 

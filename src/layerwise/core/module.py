@@ -21,16 +21,22 @@ from lightning.pytorch.loggers import WandbLogger
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from layerwise.core.acceleration import (BatchGradScaler, compile_in_place, compile_mode, has_grads, install_batch_scaler,
-                                    to_channels_last)
+from layerwise.core.acceleration import (
+    BatchGradScaler,
+    compile_in_place,
+    compile_mode,
+    has_grads,
+    install_batch_scaler,
+    to_channels_last,
+)
 from layerwise.core.batch import run_batch
 from layerwise.core.grad_sync import sync_step_point
 from layerwise.core.guard import NonFiniteGuard, stage_name
 from layerwise.core.memory import ActivationMeter
-from layerwise.rules.base import LearningRule, Signal, evaluating
-from layerwise.models import Network
 from layerwise.core.optim import build_optimizer, build_scheduler
 from layerwise.core.run_state import FORMAT, KEY, group_layout, restore_rng, rng_state
+from layerwise.models import Network
+from layerwise.rules.base import LearningRule, Signal, evaluating
 
 
 def _as_list(items) -> list:

@@ -8,8 +8,15 @@ device_loader.py: the exactly resumable training order and the on-device loader.
 from __future__ import annotations
 
 import layerwise.data.extra  # noqa: F401  (registers svhn, stl10, imagenet, imagenette, imagenet32 in LOADERS)
-from layerwise.data.datasets import (DATA_OPTIONS, LOADERS, TORCHVISION_SETS, DataInfo, DataOptions, TensorImages,
-                                     data_options)
+from layerwise.data.datasets import (
+                                     DATA_OPTIONS,
+                                     LOADERS,
+                                     TORCHVISION_SETS,
+                                     DataInfo,
+                                     DataOptions,
+                                     TensorImages,
+                                     data_options,
+)
 from layerwise.data.module import ImageDataModule, build_transform, check_val_fraction, split_indices
 
 __all__ = ["DATA_OPTIONS", "DataOptions", "data_options", "LOADERS", "TORCHVISION_SETS", "DataInfo", "ImageDataModule", "TensorImages", "build_transform",

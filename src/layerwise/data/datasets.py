@@ -20,12 +20,23 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
-from layerwise.data.checks import (NPZ_KEYS, NPZ_SAVE, check_class_sets, check_images_decode, check_npz_splits,
-                                   check_split_samples, class_folders, expect_file, expect_folder,
-                                   image_channel_stats, npz_images, npz_labels)
+from layerwise.data.checks import (
+    NPZ_KEYS,
+    NPZ_SAVE,
+    check_class_sets,
+    check_images_decode,
+    check_npz_splits,
+    check_split_samples,
+    class_folders,
+    expect_file,
+    expect_folder,
+    image_channel_stats,
+    npz_images,
+    npz_labels,
+)
 from layerwise.errors import ConfigError, DataError
-from layerwise.options import check_seed, import_object, in_range, one_of
 from layerwise.models import InputSpec
+from layerwise.options import check_seed, import_object, in_range, one_of
 
 
 @dataclass

@@ -17,8 +17,8 @@ from torch.utils.data import Dataset, Subset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from layerwise.errors import ConfigError
 from layerwise.data.sampling import AUGMENT, EpochSampler, mix_seed
+from layerwise.errors import ConfigError
 
 LOADER_KINDS = ("standard", "device")
 

@@ -15,9 +15,8 @@ loaded training arrays, as no per-channel values are published with it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +27,17 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from layerwise.data.datasets import CROP_PIPELINES, DATA_OPTIONS, DataOptions, LOADERS, STREAMED_SETS, DataInfo, _image_folder, check_readable
 from layerwise.data.checks import check_class_sets, class_folders, expect_folder
+from layerwise.data.datasets import (
+    CROP_PIPELINES,
+    DATA_OPTIONS,
+    LOADERS,
+    STREAMED_SETS,
+    DataInfo,
+    DataOptions,
+    _image_folder,
+    check_readable,
+)
 from layerwise.errors import ConfigError, DataError
 
 # Per-channel (mean, std) of pixels in [0, 1].

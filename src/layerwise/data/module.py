@@ -13,10 +13,18 @@ from loguru import logger
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision.transforms import v2
 
+from layerwise.data.datasets import (
+    CROP_PIPELINES,
+    LOADERS,
+    STREAMED_SETS,
+    DataInfo,
+    TensorImages,
+    _decode_steps,
+    loader_of,
+)
 from layerwise.data.device_loader import LOADER_KINDS, DeviceImages, DeviceLoader, check_device_loader
-from layerwise.data.datasets import CROP_PIPELINES, LOADERS, loader_of, STREAMED_SETS, DataInfo, TensorImages, _decode_steps
-from layerwise.errors import ConfigError
 from layerwise.data.sampling import WORKER_SEEDS, EpochSampler, SeededSamples, mix_seed
+from layerwise.errors import ConfigError
 
 
 def build_transform(cfg, info: DataInfo, train: bool) -> v2.Compose | v2.Identity:

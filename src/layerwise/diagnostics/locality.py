@@ -28,8 +28,8 @@ import torch
 from loguru import logger
 
 from layerwise.core.batch import run_batch
-from layerwise.rules.base import LearningRule, Signal
 from layerwise.models import Network
+from layerwise.rules.base import LearningRule, Signal
 
 HEAD = "head"
 

@@ -25,9 +25,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from layerwise.core.batch import backward_only, run_batch
 from layerwise.data import TensorImages
 from layerwise.errors import ConfigError
-from layerwise.rules.feedback import FeedbackLayer, exact_gradients
-from layerwise.rules.base import LearningRule, evaluating
 from layerwise.models import Network
+from layerwise.rules.base import LearningRule, evaluating
+from layerwise.rules.feedback import FeedbackLayer, exact_gradients
 
 
 def _log(trainer, metrics: dict[str, float], step: int, epoch: int) -> None:

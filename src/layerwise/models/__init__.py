@@ -8,9 +8,29 @@ from __future__ import annotations
 from torch import nn
 
 from layerwise.errors import ConfigError
-from layerwise.models.network import (ACTIVATIONS, ConvOptions, LenetOptions, MlpOptions, ModelOptions, VGG_PLANS, ZERO_DERIVATIVE_ACTIVATIONS, InputSpec, LayerGroup,
-                                      Network, Sign, Step, _activation, conv_layers, flat_layers, group_layers,
-                                      is_activation, lenet_layers, mlp, regroup, split_head)
+from layerwise.models.network import (
+    ACTIVATIONS,
+    VGG_PLANS,
+    ZERO_DERIVATIVE_ACTIVATIONS,
+    ConvOptions,
+    InputSpec,
+    LayerGroup,
+    LenetOptions,
+    MlpOptions,
+    ModelOptions,
+    Network,
+    Sign,
+    Step,
+    _activation,
+    conv_layers,
+    flat_layers,
+    group_layers,
+    is_activation,
+    lenet_layers,
+    mlp,
+    regroup,
+    split_head,
+)
 from layerwise.models.resnets import RESNET_ARCHES, ResNetOptions, resnet_network
 from layerwise.options import import_object
 

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from layerwise.errors import ConfigError
-from layerwise.options import one_of
 from layerwise.models.network import ModelOptions, Network, _activation, _scaled, group_layers, mlp
+from layerwise.options import one_of
 
 #: CIFAR ResNets of He et al. 2016, section 4.2: depth = 6n + 2.
 CIFAR_DEPTHS = {"resnet20": 20, "resnet32": 32, "resnet44": 44, "resnet56": 56, "resnet110": 110}

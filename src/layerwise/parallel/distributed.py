@@ -30,8 +30,8 @@ import warnings
 from typing import Any
 
 import torch
-from loguru import logger
 from lightning.pytorch.strategies import DDPStrategy
+from loguru import logger
 from torch.nn.parallel import DistributedDataParallel
 
 from layerwise.errors import ConfigError

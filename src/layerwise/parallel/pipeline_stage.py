@@ -44,10 +44,10 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from layerwise.core.checkpoint import load_checkpoint
-from layerwise.rules.base import Signal, output_shapes
 from layerwise.core.optim import build_optimizer, build_scheduler
 from layerwise.core.preemption import SIGNALS
 from layerwise.core.run_state import KEY, restore_rng, rng_state
+from layerwise.rules.base import Signal, output_shapes
 
 TRAIN, EVAL, END, DONE, STOP = 0, 1, 2, 3, 4
 EVAL_SPLITS = ("test", "val")  # the order of the data module's evaluation loaders

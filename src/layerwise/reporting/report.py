@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import yaml
-
 from hydra.experimental.callback import Callback
 from rich.console import Console
 from rich.table import Table

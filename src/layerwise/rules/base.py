@@ -23,9 +23,8 @@ from typing import ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from omegaconf import MISSING
+from torch import nn
 
 from layerwise.models import Network
 from layerwise.options import checked_options

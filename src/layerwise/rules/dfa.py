@@ -43,10 +43,10 @@ from torch import nn
 from torch.nn.grad import conv2d_input
 
 from layerwise.errors import ConfigError
-from layerwise.options import one_of
-from layerwise.rules.feedback import FeedbackOptions, check_scale, random_feedback
-from layerwise.rules.base import LearningRule, RuleOptions, Signal, TrainGroup, output_shapes
 from layerwise.models import Network, Sign, Step, is_activation, split_head
+from layerwise.options import one_of
+from layerwise.rules.base import LearningRule, RuleOptions, Signal, TrainGroup, output_shapes
+from layerwise.rules.feedback import FeedbackOptions, check_scale, random_feedback
 
 INJECTIONS = ("post", "pre")
 FEEDBACK_SHAPES = ("dense", "conv_shared")

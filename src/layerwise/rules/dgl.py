@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from layerwise.errors import ConfigError
+from layerwise.models import Network, mlp
 from layerwise.options import in_range, number_or, one_of
 from layerwise.rules.base import LearningRule, RuleOptions, Signal, TrainGroup, evaluating, output_shapes
-from layerwise.models import Network, mlp
 
 
 def _restore_buffers(net: nn.Module):

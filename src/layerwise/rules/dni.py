@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from layerwise.errors import ConfigError
+from layerwise.models import Network
 from layerwise.options import in_range, one_of
 from layerwise.rules.base import LearningRule, RuleOptions, Signal, TrainGroup, output_shapes
-from layerwise.models import Network
 
 
 @dataclass

@@ -14,10 +14,16 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from layerwise.rules.feedback import (FeedbackOptions, FixedFeedback, check_scale, convert_layers, last_linear,
-                                random_feedback)
-from layerwise.rules.base import LearningRule, RuleOptions
 from layerwise.models import Network
+from layerwise.rules.base import LearningRule, RuleOptions
+from layerwise.rules.feedback import (
+    FeedbackOptions,
+    FixedFeedback,
+    check_scale,
+    convert_layers,
+    last_linear,
+    random_feedback,
+)
 
 
 @dataclass

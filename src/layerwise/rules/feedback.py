@@ -8,14 +8,12 @@ Inside `exact_gradients()` they behave like the plain layers (the alignment diag
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar
-
 import math
 from collections import Counter
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F

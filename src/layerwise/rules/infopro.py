@@ -23,10 +23,10 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from layerwise.errors import ConfigError
+from layerwise.models import Network, flat_layers, regroup
 from layerwise.options import in_range, items_in_range, one_of
 from layerwise.rules.base import LearningRule, RuleOptions, Signal, TrainGroup, output_shapes
 from layerwise.rules.dgl import AuxOptions, build_aux_head
-from layerwise.models import Network, flat_layers, regroup
 
 RECON_LOSSES = ("bce", "mse")
 LABEL_LOSSES = ("ce", "contrast")

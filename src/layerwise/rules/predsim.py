@@ -31,19 +31,18 @@ Details follow the paper's code (github.com/anokland/local-loss):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from layerwise.errors import ConfigError
+from layerwise.models import Network
 from layerwise.options import in_range, one_of
 from layerwise.rules.base import LearningRule, RuleOptions, Signal, TrainGroup, output_shapes
 from layerwise.rules.pre_pool import PrePoolMaps
-from layerwise.models import Network
 
 LOSSES = ("pred", "sim", "predsim")
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from layerwise.options import one_of
-from layerwise.rules.feedback import FeedbackOptions, SignFeedback, SignMagnitudeFeedback, check_scale, init_std
 from layerwise.rules.fa import FaOptions, FeedbackAlignment
+from layerwise.rules.feedback import FeedbackOptions, SignFeedback, SignMagnitudeFeedback, check_scale, init_std
 
 VARIANTS = ("usf", "brsf", "frsf")
 

@@ -23,11 +23,11 @@ from torch import nn
 from torchvision.utils import make_grid
 
 from layerwise.errors import ConfigError
-from layerwise.rules.base import Signal, output_shapes
+from layerwise.models import Network
 from layerwise.options import in_range, one_of
+from layerwise.rules.base import Signal, output_shapes
 from layerwise.rules.dgl import DecoupledGreedy, DglOptions
 from layerwise.rules.pre_pool import PrePoolMaps
-from layerwise.models import Network
 
 UPSAMPLING = ("none", "bilinear", "transposed")
 

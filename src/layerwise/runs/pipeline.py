@@ -32,13 +32,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 from layerwise.core.checkpoint import AtomicCheckpointIO, CheckpointError, load_checkpoint
+from layerwise.core.layout import ResumeTarget
+from layerwise.core.preemption import Interrupted, Preemption
+from layerwise.core.run_state import FORMAT, KEY, check_compatible, group_layout
 from layerwise.errors import ConfigError
+from layerwise.parallel.pipeline_stage import StagePlan, limit_batches, run_stage
 from layerwise.rules import build_rule
 from layerwise.rules.base import evaluating
-from layerwise.parallel.pipeline_stage import StagePlan, limit_batches, run_stage
-from layerwise.core.preemption import Interrupted, Preemption
-from layerwise.core.layout import ResumeTarget
-from layerwise.core.run_state import FORMAT, KEY, check_compatible, group_layout
 from layerwise.runs.summary import mean_after_first, write_json_atomic
 
 #: Rules whose every block trains on a local signal (nothing flows backward between blocks), and whether the

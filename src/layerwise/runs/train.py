@@ -12,26 +12,25 @@ from lightning.pytorch.loggers import CSVLogger
 from loguru import logger
 from omegaconf import DictConfig, OmegaConf
 
-from layerwise.core.checkpoint import AtomicCheckpointIO, CheckpointError, RunCheckpoint, load_checkpoint
 from layerwise.config.checks import check_config, check_device
-from layerwise.runs.csv_continue import ContinuedCSVLogger
-from layerwise.diagnostics.probes import build_diagnostics
-from layerwise.parallel.distributed import build_strategy, use_sync_batchnorm
-from layerwise.errors import ConfigError, LayerwiseError
-from layerwise.hydra_job import is_multirun, process_rank
-from layerwise.diagnostics.images import RuleImages
+from layerwise.config.search import check_optimized_metric, objective
+from layerwise.core.checkpoint import AtomicCheckpointIO, CheckpointError, RunCheckpoint, load_checkpoint
+from layerwise.core.experiment import build_experiment, config_hash, run_identity
+from layerwise.core.layout import ResumeTarget
 from layerwise.core.module import LayerwiseModule
 from layerwise.core.preemption import Interrupted, Preemption
-from layerwise.runs.progress import EpochProgressBar
 from layerwise.core.resources import memory_errors
-from layerwise.core.layout import ResumeTarget
-from layerwise.core.experiment import build_experiment, config_hash, run_identity
-from layerwise.runs.resume import MULTIRUN_FIX, interrupted_run, read_summary, resolve
 from layerwise.core.run_state import KEY, check_compatible, group_layout
-from layerwise.runs.rundir import (DeferredRunLog, RunDirLock, clear_run, describe, holds_run,
-                              save_job_config)
+from layerwise.diagnostics.images import RuleImages
+from layerwise.diagnostics.probes import build_diagnostics
+from layerwise.errors import ConfigError, LayerwiseError
+from layerwise.hydra_job import is_multirun, process_rank
+from layerwise.parallel.distributed import build_strategy, use_sync_batchnorm
 from layerwise.runlog import redact, setup_console
-from layerwise.config.search import check_optimized_metric, objective
+from layerwise.runs.csv_continue import ContinuedCSVLogger
+from layerwise.runs.progress import EpochProgressBar
+from layerwise.runs.resume import MULTIRUN_FIX, interrupted_run, read_summary, resolve
+from layerwise.runs.rundir import DeferredRunLog, RunDirLock, clear_run, describe, holds_run, save_job_config
 from layerwise.runs.summary import EpochLine, SummaryCallback, write_json_atomic
 from layerwise.runs.wandb_setup import build_wandb_logger, finish_wandb
 
