@@ -17,7 +17,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional
 
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
 from layerwise.config.groups import (
@@ -233,9 +233,24 @@ def validate(cfg: DictConfig) -> RootSchema:
     try:
         merged = OmegaConf.merge(schema, container)
         check_values(merged, schema)  # non-finite floats, integers beyond int64: before any range check
-        return OmegaConf.to_object(merged)
+        typed = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise _translate(err, schema, container) from None
+    _add_defaults(cfg, merged)
+    return typed
+
+
+def _add_defaults(cfg: DictConfig, merged: DictConfig) -> None:
+    """Keys an options dataclass has and the composed config lacks (a user's dataset options with no YAML line)
+    are added to `cfg` with their defaults, so the run reads what was checked; nothing present is changed."""
+    for key in merged.keys():
+        node = merged._get_node(key)
+        if key not in cfg:
+            with open_dict(cfg):
+                cfg[key] = OmegaConf.to_container(node) if isinstance(node, (DictConfig, ListConfig)) else node._value()
+        elif isinstance(node, DictConfig) and not node._is_none() and isinstance(cfg._get_node(key), DictConfig) \
+                and not cfg._get_node(key)._is_none():
+            _add_defaults(cfg[key], node)
 
 
 __all__ = ["ALLOWED_TARGET_PREFIXES", "RootSchema", "check_hydra_targets", "check_targets", "target_allowed",

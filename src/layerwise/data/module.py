@@ -148,7 +148,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def __init__(self, cfg, pin_memory: bool = False, device: str | torch.device = "cpu", seed: int | None = None):
         super().__init__()
-        if cfg.name not in LOADERS:
+        if cfg.name not in LOADERS and not cfg.get("_target_"):
             raise ConfigError(f"data={cfg.name!r} is not known; available: {', '.join(sorted(LOADERS))}")
         self.val_fraction = check_val_fraction(cfg)  # before any data is loaded
         self.loader_kind = str(cfg.get("loader") or "standard")
