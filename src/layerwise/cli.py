@@ -110,7 +110,7 @@ VALUE_HELP = {
 }
 # Config groups that are building blocks other configs include (conf/shared: keys every data/model/optimizer
 # config shares), not something to choose on the command line; `--help` leaves them out.
-HIDDEN_GROUPS = ("shared",)
+HIDDEN_GROUPS = ("shared", "options")
 
 # Hydra's own flags: those taking a value, and switches.
 HYDRA_VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--package", "-p",

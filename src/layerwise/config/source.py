@@ -55,10 +55,37 @@ def _shared_node(name: str) -> Dict[str, Any]:
     return options_node(DataOptions)
 
 
-#: group -> (the names it offers, without importing them; the node of one name)
+def _arches() -> List[str]:
+    from layerwise.models import MODEL_OPTIONS
+
+    return list(MODEL_OPTIONS)
+
+
+def _arch_node(arch: str) -> Dict[str, Any]:
+    from layerwise.models import MODEL_OPTIONS
+
+    return options_node(MODEL_OPTIONS[arch], arch=arch)
+
+
+def _datasets() -> List[str]:
+    from layerwise.data import LOADERS
+
+    return list(LOADERS)
+
+
+def _dataset_node(name: str) -> Dict[str, Any]:
+    from layerwise.data import DATA_OPTIONS, DataOptions
+
+    return options_node(DATA_OPTIONS.get(name, DataOptions), name=name)
+
+
+#: group -> (the names it offers; the node of one name). Listing `method` imports no rule (--help lists it);
+#: the `options/*` groups, which only presets include, import their package when Hydra asks.
 GROUPS: Dict[str, Tuple[Callable[[], List[str]], Callable[[str], Dict[str, Any]]]] = {
     "method": (_rule_names, _rule_node),
     "shared": (lambda: ["data", "model"], _shared_node),
+    "options/model": (_arches, _arch_node),     # conf/model/<preset>.yaml: - /options/model@_here_: <arch>
+    "options/data": (_datasets, _dataset_node),  # conf/data/<preset>.yaml: - /options/data@_here_: <dataset>
 }
 
 
@@ -83,8 +110,14 @@ class OptionsConfigSource(ConfigSource):
         return ConfigResult(config=OmegaConf.create(node), path=f"{SCHEME}://{self.path}", provider=self.provider,
                             header={"package": None})
 
+    @staticmethod
+    def _subgroups(path: str) -> List[str]:
+        prefix = f"{path}/" if path else ""
+        return sorted({g[len(prefix):].split("/")[0] for g in GROUPS if g.startswith(prefix) and g != path})
+
     def is_group(self, config_path: str) -> bool:
-        return config_path.strip("/") in GROUPS
+        path = config_path.strip("/")
+        return path in GROUPS or bool(self._subgroups(path))
 
     def is_config(self, config_path: str) -> bool:
         group, name = self._split(config_path)
@@ -92,11 +125,10 @@ class OptionsConfigSource(ConfigSource):
 
     def list(self, config_path: str, results_filter: Optional[ObjectType]) -> List[str]:
         path = config_path.strip("/")
-        if path == "":
-            return sorted(GROUPS) if results_filter in (None, ObjectType.GROUP) else []
+        found = self._subgroups(path) if results_filter in (None, ObjectType.GROUP) else []
         if path in GROUPS and results_filter in (None, ObjectType.CONFIG):
-            return sorted(GROUPS[path][0]())
-        return []
+            found += sorted(GROUPS[path][0]())
+        return found
 
 
 class OptionsSearchPath(SearchPathPlugin):

@@ -1,0 +1,81 @@
+"""The package's shape (DESIGN.md): no import cycle between modules, and the arrows between subpackages point one
+way: rules know models and nothing of Lightning, nothing imports runs/ but the entry points."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from conftest import ROOT
+
+PACKAGE = ROOT / "src" / "layerwise"
+ENTRY_POINTS = {"layerwise.__main__", "layerwise.preflight", "layerwise.cli"}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the layerwise modules it imports, at any depth of its code (function-level imports count)."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("layerwise"):
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    found.add(full if full in modules else node.module)
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name.startswith("layerwise")}
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def _imports_anything(name: str, graph: dict, seen: set | None = None) -> set[str]:
+    seen = set() if seen is None else seen
+    for dep in graph[name]:
+        if dep not in seen:
+            seen.add(dep)
+            _imports_anything(dep, graph, seen)
+    return seen
+
+
+def test_no_module_imports_itself_through_others():
+    graph = import_graph()
+    cycles = sorted(name for name in graph if name in _imports_anything(name, graph))
+    assert not cycles, f"import cycles through {cycles}"
+
+
+def _package(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and (PACKAGE / parts[1]).is_dir() else "(top)"
+
+
+def test_subpackages_import_downwards_only():
+    graph = import_graph()
+    arrows = {(_package(a), _package(b)) for a, deps in graph.items() for b in deps if _package(a) != _package(b)}
+    into_runs = {a for a, deps in graph.items() for b in deps if _package(b) == "runs" and _package(a) != "runs"}
+    assert into_runs <= ENTRY_POINTS, f"only the entry points import runs/: {into_runs - ENTRY_POINTS}"
+    assert not {b for a, b in arrows if a == "rules"} - {"models", "(top)"}, "rules know models and nothing else"
+    assert not {b for a, b in arrows if a == "models"} - {"(top)"}
+    assert ("core", "runs") not in arrows and ("parallel", "runs") not in arrows and ("config", "runs") not in arrows
+    packages = {_package(m) for m in graph}
+    reverse = {(a, b) for a, b in arrows if (b, a) in arrows and "(top)" not in (a, b)}
+    assert not reverse, f"subpackages importing each other: {sorted(reverse)}"
+    assert {"core", "rules", "models", "data", "parallel", "runs", "config", "diagnostics", "reporting"} <= packages
+
+
+def test_rule_code_does_not_import_lightning():
+    for path in (PACKAGE / "rules").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not {n for n in names if n.split(".")[0] in ("lightning", "pytorch_lightning")}, path.name
+
+
+def test_every_subpackage_says_what_lives_there():
+    for init in PACKAGE.glob("*/__init__.py"):
+        doc = ast.get_docstring(ast.parse(init.read_text()))
+        assert doc and len(doc) > 40, f"{init.parent.name}/__init__.py has no docstring"
