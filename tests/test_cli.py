@@ -1,7 +1,7 @@
 """The command line: legacy flags translate, and bad input gets one clear error and a non-zero exit."""
 import pytest
 
-from conftest import TINY, read_summary, run_cli, run_dirs
+from conftest import TINY, read_summary, run_cli, run_cli_forked, run_dirs
 from layerwise.cli import LegacyFlagError, translate
 
 
@@ -127,7 +127,7 @@ def test_legacy_dgl_on_cpu_runs_end_to_end(tmp_path):
         "batch-size", "blocks-sum", "legacy-model", "schema-type", "schema-range-model", "schema-range-trainer",
         "schema-range-rule", "schema-rule-pair", "schema-unknown-key", "schema-target", "schema-hydra-callback-target"])
 def test_bad_input_exits_non_zero_with_one_clear_line(args, message, tmp_path):
-    res = run_cli([*args, "logger=none"] if args[0] not in ("--epoch", "--model") else args, tmp_path, timeout=120)
+    res = run_cli_forked([*args, "logger=none"] if args[0] not in ("--epoch", "--model") else args, tmp_path, timeout=120)
     assert res.returncode != 0
     assert message in res.stderr
     assert "Traceback" not in res.stderr

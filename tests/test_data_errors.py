@@ -164,7 +164,13 @@ def _cli_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
     }
 
 
-def test_malformed_data_through_the_cli(tmp_path):
+# One of each kind of failure reaches the CLI in the default run: bad npz contents, an image that does not decode,
+# a path of the wrong kind. The other CLI cases only repeat messages the in-process tests above check, so they
+# run with the slow tests (`make test-all`): each case is its own ~10 s process.
+REPRESENTATIVE = ["npz dtype", "truncated image", "folder for a file"]
+
+
+def _assert_refused_through_the_cli(tmp_path: Path, names: list[str]):
     data = tmp_path / "data"
     data.mkdir()
     cases = _cli_cases(data)
@@ -177,7 +183,7 @@ def test_malformed_data_through_the_cli(tmp_path):
                              "model=mlp", "model.widths=[8]", "trainer.accelerator=cpu", "logger=none"], out)
 
     with ThreadPoolExecutor(max_workers=3) as pool:  # each process mostly waits on its imports
-        results = dict(zip(cases, pool.map(run, cases)))
+        results = dict(zip(names, pool.map(run, names)))
     for name, (out, res) in results.items():
         message = cases[name][1]
         assert res.returncode == 2, (name, res.stderr[-2000:])
@@ -186,6 +192,15 @@ def test_malformed_data_through_the_cli(tmp_path):
         assert "Traceback" not in res.stderr, name
         # Nothing trained, so nothing a later command could mistake for results.
         assert not list(out.rglob("*.ckpt")) and not list(out.rglob("metrics.csv")), name
+
+
+def test_malformed_data_through_the_cli(tmp_path):
+    _assert_refused_through_the_cli(tmp_path, REPRESENTATIVE)
+
+
+@pytest.mark.slow
+def test_more_malformed_data_through_the_cli(tmp_path):
+    _assert_refused_through_the_cli(tmp_path, ["npz empty split", "npz sizes differ", "class sets differ"])
 
 
 def test_npz_label_gaps_are_named(tmp_path):

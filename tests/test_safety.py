@@ -23,9 +23,11 @@ def _text_files(root):
 def unreachable_wandb_run(tmp_path_factory):
     """A run asked to log online with a (fake) key while api.wandb.ai cannot be reached (no network, or refused)."""
     out = tmp_path_factory.mktemp("wandb_down")
-    res = run_cli([*TINY, *MLP, "logger=default", "logger.mode=online", "name=wandb_down"], out,
-                  env={"WANDB_API_KEY": FAKE_KEY, "WANDB_MODE": "online", "WANDB_INIT_TIMEOUT": "3",
-                       "WANDB_BASE_URL": "http://127.0.0.1:9"},  # port 9 (discard): refused at once, never reached
+    # logger.init_timeout, not WANDB_INIT_TIMEOUT: the config's 30 s wins over the environment, and each of the
+    # two starts (online, then the offline fallback) may wait that long.
+    res = run_cli([*TINY, *MLP, "logger=default", "logger.mode=online", "logger.init_timeout=5", "name=wandb_down"],
+                  out, env={"WANDB_API_KEY": FAKE_KEY, "WANDB_MODE": "online",
+                            "WANDB_BASE_URL": "http://127.0.0.1:9"},  # port 9 (discard): refused, never reached
                   timeout=120)
     return res, out
 

@@ -47,11 +47,16 @@ def test_joblib_grid_gives_one_complete_run_dir_per_job_in_one_wandb_group(tmp_p
 
 
 def test_submitit_local_grid_runs_each_job_in_its_own_process(tmp_path):
-    """submitit_local stands in for a cluster: the same launcher code path as Slurm."""
-    res = run_cli(["-m", "hydra/launcher=submitit_local", *SMALL, "logger=csv", "method=bp,dgl", "seed=0,1"], tmp_path)
+    """submitit_local stands in for a cluster: the same launcher code path as Slurm. Two jobs, not the joblib
+    test's four: the grid and the table over seeds are the joblib test's; each job here pays a fresh interpreter."""
+    res = run_cli(["-m", "hydra/launcher=submitit_local", *SMALL, "logger=csv", "method=bp,dgl"], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    _assert_grid_complete(tmp_path)
-    assert list(_sweep_dir(tmp_path).glob(".submitit/*"))
+    runs = run_dirs(tmp_path)
+    assert [r.name for r in runs] == ["0", "1"]
+    summaries = [read_summary(r) for r in runs]
+    assert [(s["status"], s["method"]) for s in summaries] == [("completed", "bp"), ("completed", "dgl")]
+    results = list(_sweep_dir(tmp_path).glob(".submitit/*/*_result.pkl"))
+    assert len({p.parent for p in results}) == 2, results  # one submitit job (its own process) per run
 
 
 def test_failing_jobs_are_reported_and_the_others_keep_their_results(tmp_path):
