@@ -386,7 +386,8 @@ def rows_from(results: list[Result], args) -> list[dict]:
         row["method_over_bp_cpu_time"] = _ratio(row["project_imgs_per_cpu_sec"], bp and bp["project_imgs_per_cpu_sec"])
         row["memory_project_over_plain"] = _ratio(row["project_peak_activation_mb"], row["plain_bp_peak_activation_mb"])
         row["method_over_bp_imgs_per_sec"] = _ratio(row["project_imgs_per_sec"], bp and bp["project_imgs_per_sec"])
-        row["method_over_bp_memory"] = _ratio(row["project_peak_activation_mb"], bp and bp["project_peak_activation_mb"])
+        row["method_over_bp_memory"] = _ratio(row["project_peak_activation_mb"],
+                                              bp and bp["project_peak_activation_mb"])
         row["efficiency"] = _ratio(row["achieved_gflops"], row["ceiling_gflops"])
     return rows
 
@@ -426,7 +427,7 @@ def pipeline_section(args) -> tuple[str, dict]:
         for model in args.models:
             rows += mod.measure(model, args.batch_size, args.steps, args.pipeline_stages)
         return mod.markdown(rows), {"rows": rows}
-    except Exception as err:  # the main table must survive a broken optional part
+    except Exception as err:  # noqa: BLE001 - the main table must survive a broken optional part
         msg = f"pipeline benchmark failed: {type(err).__name__}: {err}"
         return msg, {"error": msg, "traceback": traceback.format_exc()}
 
@@ -494,7 +495,8 @@ def main(argv=None) -> int:
             "instead of wall seconds (steadier on a shared machine; CPU device only). act. MB = " +
             ("torch.cuda.max_memory_allocated above the resting allocation" if device.type == "cuda"
              else "bytes autograd saves for backward (ActivationMeter)") +
-            "; efficiency = achieved GFLOP/s / GFLOP/s of the step's conv+linear layers timed alone (median per repeat).")
+            "; efficiency = achieved GFLOP/s / GFLOP/s of the step's conv+linear layers timed alone"
+            " (median per repeat).")
     out = markdown(rows) + "\n\n" + what
     report = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,

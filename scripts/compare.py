@@ -581,7 +581,7 @@ def plot_metric(groups: list[Group], metric: str, path: Path) -> bool:
     ax = fig.add_subplot()
     colors = [f"C{i}" for i in range(10)] + [f"tab:{c}" for c in ("olive", "cyan", "pink", "brown", "gray")]
     scale = 100.0 if _is_acc(metric) else 1.0
-    for g, (xs, mean, std, n) in curves:
+    for g, (xs, mean, std, _n) in curves:
         color = colors[(g.id - 1) % len(colors)]
         style = ("-", "--", ":", "-.")[(g.id - 1) // len(colors) % 4]  # past 15 groups colours repeat
         ax.plot(xs, mean * scale, color=color, linestyle=style, label=labels[g.id],

@@ -28,7 +28,8 @@ def test_legacy_flags_translate_to_overrides():
     (["--dfa"], ["method=dfa"]),
     (["--sign_symmetry"], ["method=sign_symmetry"]),
     (["--ssl", "--shift_ssl_labels", "--upsample", "--pred_loss_weight", "0.3", "--ssl_loss_weight", "0.7"],
-     ["method=ssl", "method.shift=true", "method.upsample=bilinear", "method.pred_weight=0.3", "method.ssl_weight=0.7"]),
+     ["method=ssl", "method.shift=true", "method.upsample=bilinear", "method.pred_weight=0.3",
+      "method.ssl_weight=0.7"]),
     (["--dgl", "--is_direct_global", "--last_gradient_weight", "0.5"],
      ["method=dgl", "method.direct_global=true", "method.last_gradient_weight=0.5"]),
     (["--use_last_gradient"], ["method=dgl", "method.direct_global=true"]),  # the rule is implied

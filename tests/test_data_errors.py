@@ -112,7 +112,7 @@ def test_image_folder_problems_are_one_line(tmp_path):
     (tmp_path / "c" / "train").mkdir(parents=True)
     (tmp_path / "c" / "test").mkdir()
     (tmp_path / "d" / "test" / "dog").mkdir(parents=True)
-    for name, (root, message) in cases.items():
+    for _name, (root, message) in cases.items():
         with pytest.raises(DataError, match=message):
             setup_data(["data=image_folder", f"data.root={root}", "data.image_size=8"])
 

@@ -121,7 +121,7 @@ def test_step_point_sync_averages_and_agrees_on_nonfinite(mode, tmp_path):
     results = ctx.SimpleQueue()
     mp.start_processes(_sync_worker, args=(str(tmp_path / "init"), mode, results), nprocs=2, start_method="fork")
     out = sorted(results.get() for _ in range(2))
-    for rank, a_grad, b_grad, unused_grad, outcome in out:
+    for rank, a_grad, b_grad, unused_grad, _outcome in out:
         assert a_grad == [1.5] * 3 and b_grad == [0.5, 0.5] and unused_grad is None, rank
     outcomes = [o for *_, o in out]
     assert outcomes[0] == outcomes[1]

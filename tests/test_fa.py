@@ -135,7 +135,8 @@ def test_feedback_is_drawn_like_w():
 
 
 def _sign_rule(variant, scale="null"):
-    net, rule, spec = _rule_on_basic_cnn("sign_symmetry", [f"method.variant={variant}", f"method.feedback.scale={scale}"])
+    net, rule, spec = _rule_on_basic_cnn("sign_symmetry",
+                                         [f"method.variant={variant}", f"method.feedback.scale={scale}"])
     rule.setup(net, torch.randn(2, 3, 8, 8), spec.num_classes)
     layers = [m for m in net.modules() if isinstance(m, (FeedbackLinear, FeedbackConv2d))]
     assert len(layers) == 5

@@ -21,7 +21,7 @@ def test_basic_cnn_is_the_thesis_architecture():
         assert (conv.out_channels, conv.kernel_size, conv.padding) == (128, (5, 5), (2, 2))
         assert [type(m) for m in block] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d]
     linears = [m for m in net.head.modules() if isinstance(m, nn.Linear)]
-    assert [(l.in_features, l.out_features) for l in linears] == [(128 * 4 * 4, 256), (256, 10)]
+    assert [(lin.in_features, lin.out_features) for lin in linears] == [(128 * 4 * 4, 256), (256, 10)]
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 

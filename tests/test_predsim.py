@@ -73,8 +73,7 @@ def reference_steps(net, rule, x, y, lr, beta, loss, batch_size):
                 terms["pred"] = F.cross_entropy(local.decoder(features), yb)
             if loss in ("sim", "predsim"):
                 terms["sim"] = F.mse_loss(similarity_matrix(local.projection(features)), target)
-            total = {"pred": lambda: terms["pred"], "sim": lambda: terms["sim"],
-                     "predsim": lambda: (1 - beta) * terms["pred"] + beta * terms["sim"]}[loss]()
+            total = (1 - beta) * terms["pred"] + beta * terms["sim"] if loss == "predsim" else terms[loss]
             sgd_step([*block.parameters(), *local.parameters()], total, lr)
             h = out.detach()
         sgd_step(list(net.head.parameters()), F.cross_entropy(net.head(h), yb), lr)
@@ -210,7 +209,8 @@ def test_losses_follow_the_paper_on_the_map_before_the_pool_and_the_block_passes
     pooled = F.adaptive_avg_pool2d(h, (2, 2)).flatten(1)
     assert linear.in_features == 16
     pred = F.cross_entropy(pooled @ linear.weight.t() + linear.bias, y)
-    sim = ((paper_similarity(local.projection(h)) - paper_similarity(F.one_hot(y, SPEC.num_classes).float())) ** 2).mean()
+    target = paper_similarity(F.one_hot(y, SPEC.num_classes).float())
+    sim = ((paper_similarity(local.projection(h)) - target) ** 2).mean()
     torch.testing.assert_close(signal.metrics["pred_loss"], pred)
     torch.testing.assert_close(signal.metrics["sim_loss"], sim)
     torch.testing.assert_close(signal.loss, 0.7 * pred + 0.3 * sim)

@@ -84,7 +84,7 @@ def _all_jobs() -> list[tuple[str, list[str] | None]]:
     for name in PRESETS:
         try:
             jobs += [(name, job) for job in sweep_jobs(name)]
-        except Exception:  # a preset that does not compose: its test below re-raises the error
+        except Exception:  # noqa: BLE001 - a preset that does not compose: its test below re-raises the error
             jobs.append((name, None))
     return jobs
 
@@ -158,7 +158,7 @@ def test_lenet_layer_shapes(channels, size, pad):
     for block in net.blocks:
         assert [type(m) for m in block] == [nn.Conv2d, nn.ReLU, nn.MaxPool2d]
     linears = [m for m in net.head.modules() if isinstance(m, nn.Linear)]
-    assert [(l.in_features, l.out_features) for l in linears] == [(16 * 5 * 5, 120), (120, 84), (84, 10)]
+    assert [(lin.in_features, lin.out_features) for lin in linears] == [(16 * 5 * 5, 120), (120, 84), (84, 10)]
     x = torch.randn(2, channels, size, size)
     assert [tuple(o.shape) for o in net.block_outputs(x)] == [(2, 6, 14, 14), (2, 16, 5, 5)]
     assert net(x).shape == (2, 10)

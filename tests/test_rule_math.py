@@ -43,7 +43,8 @@ def test_dgl_update_of_each_block_equals_its_local_loss_gradient():
             expected[id(p)] = p.detach() - lr * g
         h = out
     ref_params = list(ref_net.parameters()) + list(ref_rule.parameters())
-    before = [p.detach().clone() for p in module.net.parameters()] + [p.detach().clone() for p in module.rule.parameters()]
+    before = ([p.detach().clone() for p in module.net.parameters()]
+              + [p.detach().clone() for p in module.rule.parameters()])
 
     train_batches(module, x, y, batch_size=len(x))
 
@@ -99,5 +100,5 @@ def test_dgl_aux_heads_follow_their_config():
     linears = [m for m in aux0.modules() if isinstance(m, torch.nn.Linear)]
     assert len(module.rule.aux) == len(module.net.blocks) - 1
     assert [c.out_channels for c in convs] == [5]
-    assert [(l.in_features, l.out_features) for l in linears] == [(5 * 2 * 2, 12), (12, 12), (12, 5)]
+    assert [(lin.in_features, lin.out_features) for lin in linears] == [(5 * 2 * 2, 12), (12, 12), (12, 5)]
     assert [g.name for g in module.groups] == ["block0", "block1", "block2+head"]

@@ -28,7 +28,8 @@ def snapshot(directory) -> dict:
         for name in files:
             path = os.path.join(root, name)
             with open(path, "rb") as f:
-                state[os.path.relpath(path, directory)] = (hashlib.sha1(f.read()).hexdigest(), os.stat(path).st_mtime_ns)
+                state[os.path.relpath(path, directory)] = (hashlib.sha1(f.read()).hexdigest(),
+                                                           os.stat(path).st_mtime_ns)
         for name in dirs:
             path = os.path.join(root, name)
             state[os.path.relpath(path, directory) + "/"] = os.stat(path).st_mtime_ns

@@ -65,7 +65,8 @@ def test_every_rule_is_found_and_has_its_own_options():
     from layerwise.rules.base import RuleOptions
 
     names = rule_names()
-    assert {"bp", "dgl", "dni", "dfa", "fa", "sign_symmetry", "forward_forward", "infopro", "predsim", "ssl"} <= set(names)
+    expected = {"bp", "dgl", "dni", "dfa", "fa", "sign_symmetry", "forward_forward", "infopro", "predsim", "ssl"}
+    assert expected <= set(names)
     assert not {"base", "feedback", "pre_pool"} & set(names)
     for name in names:
         options = rule_class(name).Options
@@ -125,7 +126,8 @@ def test_schema_and_rule_constructors_refuse_the_same_options(overrides):
 
 
 def test_targets_outside_layerwise_and_torch_are_refused_anywhere():
-    check_targets({"a": {"_target_": "layerwise.reporting.report.RunReportCallback"}, "b": [{"_target_": "torch.nn.ReLU"}]})
+    check_targets({"a": {"_target_": "layerwise.reporting.report.RunReportCallback"},
+                   "b": [{"_target_": "torch.nn.ReLU"}]})
     with pytest.raises(ConfigError, match=r"b\[1\].c._target_='subprocess.run' is not allowed"):
         check_targets({"b": [{}, {"c": {"_target_": "subprocess.run"}}]})
     with pytest.raises(ConfigError, match="torchvision.models.resnet18"):

@@ -53,7 +53,7 @@ def _sweeper_direction():
         if not HydraConfig.initialized():
             return None
         direction = HydraConfig.get().sweeper.get("direction")
-    except Exception:  # no Hydra, or a sweeper without the key
+    except Exception:  # noqa: BLE001 - no Hydra, or a sweeper without the key
         return None
     direction = getattr(direction, "name", direction)  # the plugin's Direction enum, or a plain string
     return direction.lower() if isinstance(direction, str) else None
@@ -138,8 +138,8 @@ class SearchCheck(_HydraCallback):
         patch_optuna_no_completed_trial()
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        # Hydra ends callbacks in reverse order, so this runs before the runs report (layerwise.reporting.report), which lists
-        # every failed job and exits 1. Without that report a search with no result must still not exit 0.
+        # Hydra ends callbacks in reverse order, so this runs before the runs report (layerwise.reporting.report),
+        # which lists every failed job and exits 1. Without that report a search with no result must still not exit 0.
         callbacks = config.hydra.get("callbacks") or {}
         reported = any(str(c.get("_target_", "")).endswith("RunReportCallback") for c in callbacks.values() if c)
         if _NO_COMPLETED_TRIAL and not reported:

@@ -19,5 +19,5 @@ from layerwise.data.datasets import (
 )
 from layerwise.data.module import ImageDataModule, build_transform, check_val_fraction, split_indices
 
-__all__ = ["DATA_OPTIONS", "DataOptions", "data_options", "LOADERS", "TORCHVISION_SETS", "DataInfo", "ImageDataModule", "TensorImages", "build_transform",
-           "check_val_fraction", "split_indices"]
+__all__ = ["DATA_OPTIONS", "DataOptions", "data_options", "LOADERS", "TORCHVISION_SETS", "DataInfo", "ImageDataModule",
+           "TensorImages", "build_transform", "check_val_fraction", "split_indices"]

@@ -160,7 +160,7 @@ def _decode_error(path: str) -> str | None:
         with Image.open(path) as img:
             img.draft(img.mode, (1, 1))  # JPEG: decode at 1/8 scale, which still reads (and checks) every byte
             img.load()
-    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ... for broken files
+    except Exception as err:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ... for broken files
         return f"{type(err).__name__}: {err}".splitlines()[0]
     return None
 

@@ -104,7 +104,7 @@ def load_digits_sets(cfg):
 
 def synthetic_images(n: int, cfg, prototypes: torch.Tensor, gen: torch.Generator):
     """Class prototypes, randomly shifted and contrast-scaled, plus gaussian noise."""
-    num_classes, channels, size = prototypes.shape[0], prototypes.shape[1], prototypes.shape[-1]
+    num_classes = prototypes.shape[0]
     labels = torch.randint(num_classes, (n,), generator=gen)
     images = prototypes[labels].clone()
     max_shift = int(cfg.max_shift)

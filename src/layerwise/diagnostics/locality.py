@@ -124,7 +124,8 @@ def depends_on_later_blocks(net: Network, rule: LearningRule, x: torch.Tensor, y
     return out
 
 
-def certify(net: Network, rule: LearningRule, x: torch.Tensor, y: torch.Tensor, check_later_blocks: bool = True) -> dict:
+def certify(net: Network, rule: LearningRule, x: torch.Tensor, y: torch.Tensor,
+            check_later_blocks: bool = True) -> dict:
     """The `locality` entry of summary.json for this rule on batch (x, y)."""
     cuda = [torch.device("cuda", i) for i in range(torch.cuda.device_count())] if torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=cuda):  # training's random stream is untouched

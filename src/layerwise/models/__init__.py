@@ -97,6 +97,7 @@ def build_network(cfg, spec: InputSpec) -> Network:
     return Network(group_layers(layers, cfg.blocks), head)
 
 
-__all__ = ["ACTIVATIONS", "ARCHES", "MODEL_OPTIONS", "ModelOptions", "model_options", "VGG_PLANS", "ZERO_DERIVATIVE_ACTIVATIONS", "InputSpec", "LayerGroup", "Network", "Sign",
-           "Step", "build_network", "conv_layers", "flat_layers", "group_layers", "is_activation", "lenet_layers", "mlp",
-           "regroup", "split_head"]
+__all__ = ["ACTIVATIONS", "ARCHES", "MODEL_OPTIONS", "ModelOptions", "model_options", "VGG_PLANS",
+           "ZERO_DERIVATIVE_ACTIVATIONS", "InputSpec", "LayerGroup", "Network", "Sign", "Step", "build_network",
+           "conv_layers", "flat_layers", "group_layers", "is_activation", "lenet_layers", "mlp", "regroup",
+           "split_head"]

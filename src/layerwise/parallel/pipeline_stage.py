@@ -166,7 +166,7 @@ class Inbox:
                 self.queue.put(message)
                 if message[0] in (DONE, STOP):
                     return
-        except BaseException as err:  # surfaced by get(); the process group timeout ends the others
+        except BaseException as err:  # noqa: BLE001 - surfaced by get(); the process group timeout ends the others
             self.error = err
             self.queue.put((DONE, None, None, None))
 
@@ -177,7 +177,8 @@ class Inbox:
             message = self.queue.get(block=block, timeout=self.link.plan.timeout_s if block else None)
         except queue.Empty:
             if block:
-                raise TimeoutError(f"stage {self.link.rank} waited {self.link.plan.timeout_s:.0f} s for its input")
+                raise TimeoutError(
+                    f"stage {self.link.rank} waited {self.link.plan.timeout_s:.0f} s for its input") from None
             return None
         if self.error is not None:
             raise RuntimeError(f"stage {self.link.rank}: receiving from stage {self.link.rank - 1} failed: "

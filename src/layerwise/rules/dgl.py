@@ -252,5 +252,6 @@ class DecoupledGreedy(LearningRule):
             extras.append("all blocks frozen, only the head trains")
         elif self.first_trainable:
             extras.append(f"blocks <{self.first_trainable} frozen")
-        head = f"aux {a.type}" if a.type not in ("mlp", "cnn") else f"aux {a.type}, {a.n_hidden_layers}x{a.hidden_dim}{pool}"
+        head = (f"aux {a.type}" if a.type not in ("mlp", "cnn")
+                else f"aux {a.type}, {a.n_hidden_layers}x{a.hidden_dim}{pool}")
         return f"{self.cfg.get('name', self.name)} ({head}{''.join(', ' + e for e in extras)})"

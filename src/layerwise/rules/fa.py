@@ -52,7 +52,8 @@ class FeedbackAlignment(LearningRule):
         return check_scale(value, "fa")
 
     def make_feedback(self, layer: nn.Module) -> nn.Module:
-        return FixedFeedback(random_feedback(layer.weight.shape, self.init, 1.0 if self.scale is None else float(self.scale)))
+        scale = 1.0 if self.scale is None else float(self.scale)
+        return FixedFeedback(random_feedback(layer.weight.shape, self.init, scale))
 
     def setup(self, net: Network, example, num_classes: int) -> None:
         super().setup(net, example, num_classes)

@@ -213,5 +213,5 @@ class ForwardForward(LearningRule):
     def describe(self) -> str:
         theta = "units" if self.threshold == "units" else f"{self.threshold:g}"
         peer = f", peer normalization {self.peer_weight:g}" if self.peer_weight > 0 else ""
-        return (f"forward_forward (threshold {theta}, loss {self.loss_reduction}, normalize {self.normalization}{peer}, "
-                f"score from block {self.score_from})")
+        return (f"forward_forward (threshold {theta}, loss {self.loss_reduction}, "
+                f"normalize {self.normalization}{peer}, score from block {self.score_from})")

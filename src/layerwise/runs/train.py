@@ -163,7 +163,8 @@ def fit(cfg: DictConfig, run_dir: Path, resume: ResumeTarget | None = None,
         check_val_every_n_epoch=int(t.check_val_every_n_epoch), log_every_n_steps=int(t.log_every_n_steps),
         deterministic=t.deterministic, benchmark=t.benchmark, num_sanity_val_steps=0,
         # Only a run continued in its own directory continues its metrics.csv rows and wandb run.
-        logger=_loggers(cfg, run_dir, resumed if resume and resume.run_dir == run_dir else None) or False, plugins=[AtomicCheckpointIO()],
+        logger=_loggers(cfg, run_dir, resumed if resume and resume.run_dir == run_dir else None) or False,
+        plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # the data module shards by itself, so a resume can skip exact batches
         callbacks=[*([stop] if stop else []), summary, *checkpoints, EpochLine(console=not progress), *progress,
                    RuleImages(run_dir / "images", t.images_every_n_epochs), *diagnostics],
