@@ -128,7 +128,8 @@ def test_legacy_dgl_on_cpu_runs_end_to_end(tmp_path):
         "batch-size", "blocks-sum", "legacy-model", "schema-type", "schema-range-model", "schema-range-trainer",
         "schema-range-rule", "schema-rule-pair", "schema-unknown-key", "schema-target", "schema-hydra-callback-target"])
 def test_bad_input_exits_non_zero_with_one_clear_line(args, message, tmp_path):
-    res = run_cli_forked([*args, "logger=none"] if args[0] not in ("--epoch", "--model") else args, tmp_path, timeout=120)
+    full = [*args, "logger=none"] if args[0] not in ("--epoch", "--model") else args
+    res = run_cli_forked(full, tmp_path, timeout=120)
     assert res.returncode != 0
     assert message in res.stderr
     assert "Traceback" not in res.stderr

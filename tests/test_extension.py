@@ -25,7 +25,8 @@ def lab(tmp_path_factory) -> Path:
 
 
 def layerwise(args: list[str], cwd: Path, pythonpath: list[Path], timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, pythonpath)), "LAYERWISE_OUTPUT_ROOT": str(cwd / "runs")}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, pythonpath)),
+           "LAYERWISE_OUTPUT_ROOT": str(cwd / "runs")}
     return subprocess.run([sys.executable, "-m", "layerwise", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 

@@ -79,3 +79,26 @@ def test_every_subpackage_says_what_lives_there():
     for init in PACKAGE.glob("*/__init__.py"):
         doc = ast.get_docstring(ast.parse(init.read_text()))
         assert doc and len(doc) > 40, f"{init.parent.name}/__init__.py has no docstring"
+
+
+def test_the_generated_option_defaults_are_the_dataclasses():
+    """config/defaults.yaml lets --help and --cfg job compose without importing torch; it must say what the
+    options dataclasses say."""
+    from omegaconf import OmegaConf
+
+    from layerwise.config.source import SNAPSHOT, build_snapshot
+
+    saved = OmegaConf.to_container(OmegaConf.load(SNAPSHOT))
+    assert saved == build_snapshot(), f"{SNAPSHOT.name} is stale: run python -m layerwise.config.source"
+
+
+def test_help_and_cfg_job_compose_without_torch():
+    import subprocess
+    import sys
+
+    for args in (["--help"], ["--cfg", "job", "method=dfa", "model=resnet20", "data=svhn"]):
+        res = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "main.py"), *args], capture_output=True,
+                             text=True, timeout=120, cwd=ROOT)
+        assert res.returncode == 0, res.stderr[-2000:]
+        imported = {line.rsplit("|", 1)[-1].strip() for line in res.stderr.splitlines() if line.startswith("import")}
+        assert not {"torch", "lightning", "torchvision", "wandb"} & imported, args

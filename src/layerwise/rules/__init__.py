@@ -21,7 +21,7 @@ SHARED_MODULES = ("base", "feedback", "pre_pool")
 ENTRY_POINT_GROUP = "layerwise.rules"
 
 
-def _package_rules() -> list[str]:
+def package_rules() -> list[str]:
     return [m.name for m in pkgutil.iter_modules(__path__) if m.name not in SHARED_MODULES
             and not m.name.startswith("_")]
 
@@ -32,7 +32,7 @@ def _entry_points() -> dict:
 
 def rule_names() -> list[str]:
     """Every rule `method=<name>` can name: this package's, then installed packages' (entry points)."""
-    return sorted({*_package_rules(), *_entry_points()})
+    return sorted({*package_rules(), *_entry_points()})
 
 
 def _checked(cls, where: str):
@@ -50,7 +50,7 @@ def import_rule(path: str):
 
 def rule_class(name: str):
     """The class of the rule named `name` (its module's name, or an entry point's)."""
-    if name in _package_rules():
+    if name in package_rules():
         module = importlib.import_module(f"{__name__}.{name}")
         from layerwise.rules.base import LearningRule
 
