@@ -140,16 +140,17 @@ def test_regroup_keeps_the_layers_and_state_dict_keys():
 @pytest.mark.parametrize("overrides, match", [
     (["method.recon_loss=l1"], "recon_loss='l1' is not known"),
     (["method.label_loss=nce"], "label_loss='nce' is not known"),
-    (["method.recon_weight=[1.0,-1.0]"], "negative weight"),
+    (["method.recon_weight=[1.0,-1.0]"], "every item must be >= 0"),
     (["method.recon_weight=[0,1]", "method.pred_weight=[0,1]"], "both weights 0"),
     (["method.recon_weight=[1,0]", "method.pred_weight=[1,0]"], "both weights 0"),  # 2 local modules: the end counts
     (["method.recon_target=pixels"], "recon_target='pixels' is not known"),
     (["method.recon_target=input"], "use method.recon_target=image"),
-    (["method.pred_weight=[1.0]"], r"\[start, end\] pair"),
-    (["method.pred_weight=1.0"], r"\[start, end\] pair"),
+    (["method.pred_weight=[1.0]"], "pred_weight=\\[1.0\\] must have 2 items"),
+    (["method.pred_weight=1.0"], "method.pred_weight must be a list, got 1.0"),
     (["method.num_modules=2", "method.split=[2,1]"], "set one of them"),
-    (["method.num_modules=1"], "between 2 and the number of layers"),
-    (["method.split=[3]"], "at least 2 positive sizes"),
+    (["method.num_modules=1"], "num_modules=1 is out of range; it must be >= 2"),
+    (["method.num_modules=4"], r"num_modules=4 must be between 2 and the number of layers \(3\)"),  # in setup
+    (["method.split=[3]"], "split=\\[3\\] must have at least 2 items"),
     (["method.split=[1,1]"], "summing to the 3 layers"),
     (["model.blocks=1"], "at least 2 modules"),
 ])

@@ -110,8 +110,27 @@ def checked_options(options: type, cfg: Any, **defaults: Any):
     except OmegaConfBaseException as err:
         path = getattr(err, "full_key", "") or ""
         where = f"{prefix}.{path}" if prefix and path else (path or prefix or "the options")
+        expected = _expected_type(options, path)
+        if expected and path:
+            value = OmegaConf.select(OmegaConf.create(given), path, default=None)
+            raise ConfigError(f"{where} must be {expected}, got {value!r}") from None
         raise ConfigError(f"{where}: {str(err).splitlines()[0]}") from None
     return merged
+
+
+def _expected_type(options: type, path: str) -> str | None:
+    """What the options dataclass holds at `path` ("a list", "an integer", ...), for a wrong-type message."""
+    from omegaconf import OmegaConf
+
+    words = {"ListConfig": "a list", "IntegerNode": "an integer", "FloatNode": "a number",
+             "BooleanNode": "true or false", "StringNode": "a string", "DictConfig": "a mapping"}
+    try:
+        node = OmegaConf.structured(options)
+        for part in path.split("."):
+            node = node._get_node(part)
+    except Exception:  # noqa: BLE001 - any path the schema cannot follow: the caller's generic message
+        return None
+    return words.get(type(node).__name__)
 
 
 SEED_MAX = 2**32 - 1  # numpy's seed range, which Lightning's seed_everything checks
