@@ -151,6 +151,18 @@ def test_help_lists_choices_and_legacy_flags_without_importing_torch(tmp_path):
     groups = res.stdout.split("== Configuration groups ==")[1].split("==")[0]
     assert "method: bp, cdni, dfa, dgl" in groups and "trainer: ddp, default" in groups
     assert "shared" not in groups  # conf/shared: pieces other configs include, not a choice
+    catalog = res.stdout.split("== What they are ==")[1].split("== Legacy flags ==")[0]
+    lines = {line.split()[0]: line.split(None, 1)[1] for line in catalog.splitlines()
+             if line.startswith("  ") and len(line.split()) > 1}
+    assert lines["dgl"].startswith("Decoupled Greedy Learning (Belilovsky")  # rules/dgl.py's docstring, not imported
+    assert lines["cdni"].startswith("Conditional DNI")                       # a preset's first comment line
+    assert lines["resnet20"].startswith("CIFAR ResNet-20") and lines["digits"].startswith("scikit-learn's")
+    assert lines["quickstart"].startswith("Offline CPU quickstart") and "@package" not in catalog
+    for heading in ("Learning rules (method=)", "Models (model=)", "Datasets (data=)", "Presets (experiment=)"):
+        assert heading in catalog
+    for group in ("method", "model", "data", "experiment"):  # every option has its line, with a description
+        options = groups.split(f"\n{group}: ")[1].split("\n")[0].split(", ")
+        assert set(options) <= set(lines), (group, set(options) - set(lines))
     assert "--epochs <value>" in res.stdout and "trainer.max_epochs=<value>" in res.stdout
     for flag in [*SWITCH_FLAGS, *VALUE_FLAGS]:
         assert f"\n{flag} " in res.stdout, flag

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import re
 import sys
+from pathlib import Path
 from typing import Callable
 
 # The thesis spelled models like "VGG16" or "BasicCNN"; keys are lower-case without separators.
@@ -234,7 +235,67 @@ def config_groups_help() -> str:
     return "\n".join(lines)
 
 
-HELP_SECTIONS: dict[str, Callable[[], str]] = {"groups": config_groups_help, "legacy_flags": legacy_flags_help}
+#: What --help describes one per line: (group, heading).
+CATALOG = (("method", "Learning rules (method=)"), ("model", "Models (model=)"), ("data", "Datasets (data=)"),
+           ("experiment", "Presets (experiment=)"))
+DESCRIPTION_WIDTH = 96
+
+
+def _first_line(text: str) -> str:
+    line = text.strip().splitlines()[0].strip() if text.strip() else ""
+    line = line.split(" — ", 1)[-1]  # presets start with their own name
+    return line if len(line) <= DESCRIPTION_WIDTH else line[:DESCRIPTION_WIDTH - 3].rstrip() + "..."
+
+
+def _yaml_description(path: Path) -> str:
+    """The first comment line of a config file (not Hydra's `# @package` header)."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#") and not line.startswith("# @package"):
+            return _first_line(line.lstrip("#"))
+        if line.strip() and not line.startswith("#"):
+            break
+    return ""
+
+
+def _rule_description(name: str) -> str:
+    """The first line of the rule module's docstring, read without importing it (no torch for --help)."""
+    import ast
+
+    import layerwise.rules
+
+    for folder in layerwise.rules.__path__:
+        path = Path(folder) / f"{name}.py"
+        if path.is_file():
+            return _first_line(ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or "")
+    from importlib.metadata import entry_points
+
+    found = [ep.value for ep in entry_points(group=layerwise.rules.ENTRY_POINT_GROUP) if ep.name == name]
+    return f"(installed: {found[0]})" if found else ""
+
+
+def catalog_help() -> str:
+    """Every rule, model, dataset and preset with one line on what it is: a preset's first comment line, or for a
+    rule without a YAML file its module's docstring. Found in every config directory on the search path, so a
+    lab's own presets (--config-dir) are described too."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    loader = GlobalHydra.instance().config_loader()
+    folders = [Path(s.path) for s in loader.get_sources() if s.scheme() == "file"]
+    sections = []
+    for group, heading in CATALOG:
+        names = sorted(loader.get_group_options(group))
+        rows = []
+        for name in names:
+            files = [f / group / f"{name}.yaml" for f in folders if (f / group / f"{name}.yaml").is_file()]
+            text = _yaml_description(files[0]) if files else (_rule_description(name) if group == "method" else "")
+            rows.append((name, text))
+        width = max((len(n) for n, _ in rows), default=0)
+        sections.append(f"{heading}\n" + "\n".join(f"  {n:<{width}}  {d}".rstrip() for n, d in rows))
+    return "\n\n".join(sections)
+
+
+HELP_SECTIONS: dict[str, Callable[[], str]] = {"groups": config_groups_help, "legacy_flags": legacy_flags_help,
+                                               "catalog": catalog_help}
 
 
 def register_help_resolvers() -> None:
