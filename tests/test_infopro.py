@@ -146,7 +146,7 @@ def test_regroup_keeps_the_layers_and_state_dict_keys():
     (["method.recon_target=pixels"], "recon_target='pixels' is not known"),
     (["method.recon_target=input"], "use method.recon_target=image"),
     (["method.pred_weight=[1.0]"], "pred_weight=\\[1.0\\] must have 2 items"),
-    (["method.pred_weight=1.0"], "method.pred_weight must be a list, got 1.0"),
+    (["method.pred_weight=1.0"], "method.pred_weight must be a list of numbers, got 1.0"),
     (["method.num_modules=2", "method.split=[2,1]"], "set one of them"),
     (["method.num_modules=1"], "num_modules=1 is out of range; it must be >= 2"),
     (["method.num_modules=4"], r"num_modules=4 must be between 2 and the number of layers \(3\)"),  # in setup

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from omegaconf import DictConfig, ListConfig
+
 from layerwise.errors import ConfigError
 
 
@@ -98,39 +100,46 @@ def checked_options(options: type, cfg: Any, **defaults: Any):
     expected type in its message (layerwise.config.schema); here a wrong type is one line too. Returns a
     DictConfig typed by `options`. `defaults` fill fields `cfg` leaves out (e.g. the rule's name).
     """
-    from omegaconf import DictConfig, OmegaConf
+    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     given = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg or {})
     given = {**{k: v for k, v in defaults.items() if given.get(k) is None}, **given} if defaults else given
     prefix = getattr(options, "PATH", "")
+    schema = OmegaConf.structured(options)
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(options), given)
+        merged = OmegaConf.merge(schema, given)
         OmegaConf.to_object(merged)  # runs the checks
     except OmegaConfBaseException as err:
         path = getattr(err, "full_key", "") or ""
         where = f"{prefix}.{path}" if prefix and path else (path or prefix or "the options")
-        expected = _expected_type(options, path)
-        if expected and path:
+        expected = expected_words(schema, path) if path else "of another type"
+        if expected != "of another type":
             value = OmegaConf.select(OmegaConf.create(given), path, default=None)
             raise ConfigError(f"{where} must be {expected}, got {value!r}") from None
         raise ConfigError(f"{where}: {str(err).splitlines()[0]}") from None
     return merged
 
 
-def _expected_type(options: type, path: str) -> str | None:
-    """What the options dataclass holds at `path` ("a list", "an integer", ...), for a wrong-type message."""
-    from omegaconf import OmegaConf
+NODE_WORDS = {"IntegerNode": "an integer", "FloatNode": "a number", "BooleanNode": "true or false",
+              "StringNode": "a string", "ListConfig": "a list", "DictConfig": "a mapping"}
+TYPE_WORDS = {int: "integers", float: "numbers", bool: "true or false", str: "strings"}
 
-    words = {"ListConfig": "a list", "IntegerNode": "an integer", "FloatNode": "a number",
-             "BooleanNode": "true or false", "StringNode": "a string", "DictConfig": "a mapping"}
-    try:
-        node = OmegaConf.structured(options)
-        for part in path.split("."):
-            node = node._get_node(part)
-    except Exception:  # noqa: BLE001 - any path the schema cannot follow: the caller's generic message
-        return None
-    return words.get(type(node).__name__)
+
+def expected_words(schema: DictConfig, path: str) -> str:
+    """What the schema wants at `path` ("an integer", "a list of integers", ...), from its OmegaConf node."""
+    node: Any = schema
+    item = "[" in path
+    for part in path.split("[")[0].split("."):
+        node = node._get_node(part) if isinstance(node, DictConfig) else None
+        if node is None:
+            return "of another type"
+    if isinstance(node, ListConfig) or item:
+        element = getattr(node._metadata, "element_type", None)
+        words = f"a list of {TYPE_WORDS[element]}" if element in TYPE_WORDS else "a list"
+    else:
+        words = NODE_WORDS.get(type(node).__name__, "of another type")
+    return words + (" or null" if node._is_optional() else "")
 
 
 SEED_MAX = 2**32 - 1  # numpy's seed range, which Lightning's seed_everything checks

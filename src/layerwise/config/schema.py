@@ -30,7 +30,7 @@ from layerwise.config.groups import (
 )
 from layerwise.config.values import check_run_name, check_values
 from layerwise.errors import ConfigError
-from layerwise.options import check_seed
+from layerwise.options import check_seed, expected_words
 
 ALLOWED_TARGET_PREFIXES = ("layerwise.", "torch.")
 #: Where a config may name code of the user's own (a rule class, a network builder, a dataset loader).
@@ -109,27 +109,6 @@ def _structured(data: type, model: type, method: type, optimizer: type) -> DictC
 
 # ------------------------------------------------------------------------------------------ error messages
 
-NODE_WORDS = {"IntegerNode": "an integer", "FloatNode": "a number", "BooleanNode": "true or false",
-              "StringNode": "a string", "ListConfig": "a list", "DictConfig": "a mapping"}
-TYPE_WORDS = {int: "integers", float: "numbers", bool: "true or false", str: "strings"}
-
-
-def _expected(schema: DictConfig, path: str) -> str:
-    """What the schema wants at `path` ("an integer", "a list of integers", ...), from its OmegaConf node."""
-    node: Any = schema
-    item = "[" in path
-    for part in path.split("[")[0].split("."):
-        node = node._get_node(part) if isinstance(node, DictConfig) else None
-        if node is None:
-            return "of another type"
-    if isinstance(node, ListConfig) or item:
-        element = getattr(node._metadata, "element_type", None)
-        words = f"a list of {TYPE_WORDS[element]}" if element in TYPE_WORDS else "a list"
-    else:
-        words = NODE_WORDS.get(type(node).__name__, "of another type")
-    return words + (" or null" if node._is_optional() else "")
-
-
 def _leaf_keys(node: Any, prefix: str) -> list[str]:
     if isinstance(node, DictConfig):
         keys = []
@@ -175,7 +154,7 @@ def _translate(err: OmegaConfBaseException, schema: DictConfig, container: dict)
         elif isinstance(default, bool):
             default = str(default).lower()
         example = f", e.g. {key}={default}" if default is not None and default != "{}" else ""
-        return ConfigError(f"{key} must be {_expected(schema, path)}, got {value!r}{example}")
+        return ConfigError(f"{key} must be {expected_words(schema, path)}, got {value!r}{example}")
     first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
     return ConfigError(f"{path or 'the config'} is invalid: {first_line}")
 
