@@ -202,7 +202,14 @@ def translate_argv(argv: list[str]) -> list[str]:
         raise SystemExit(2) from None
     if produced:
         print(f"legacy flags -> overrides: {' '.join(produced)}", file=sys.stderr)
-    return new_argv
+    return _lightning_trainer_overrides(new_argv)
+
+
+def _lightning_trainer_overrides(argv: list[str]) -> list[str]:
+    from layerwise.config.groups import TRAINER_KEYS
+    from layerwise.config.trainer_args import force_add_trainer_args
+
+    return force_add_trainer_args(argv, TRAINER_KEYS)
 
 
 def legacy_flags_help() -> str:

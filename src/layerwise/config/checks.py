@@ -14,6 +14,7 @@ from layerwise.errors import ConfigError
 def check_config(cfg: DictConfig) -> None:
     validate(cfg)
     check_activation(cfg)
+    check_device_loader_processes(cfg)
 
 
 def check_activation(cfg: DictConfig) -> None:
@@ -32,6 +33,21 @@ def check_activation(cfg: DictConfig) -> None:
     if rule.zero_derivative_activations == "refuse":
         raise ConfigError(f"model.activation={activation} has zero derivative, so method={cfg.method.name} "
                           f"cannot train through it; use model.activation=relu, or method=dfa method.injection=pre")
+
+
+def check_device_loader_processes(cfg: DictConfig) -> None:
+    """data.loader=device holds the whole dataset on one device and does not shard it: refused with several
+    training processes (devices x nodes) here, before any data is loaded. torch is imported only to count the GPUs
+    of trainer.devices=auto."""
+    from layerwise.parallel.processes import process_count
+
+    if cfg.data.get("loader") != "device" or cfg.trainer.get("pipeline"):
+        return
+    processes = process_count(cfg.trainer)
+    if processes > 1:
+        raise ConfigError(f"data.loader=device keeps the data on one device and does not shard it, but this run has "
+                          f"{processes} training processes (trainer.devices x trainer.num_nodes); use "
+                          f"data.loader=standard")
 
 
 def check_device(trainer_cfg: DictConfig) -> None:

@@ -7,13 +7,15 @@ per kind, picked by `data.name` / `model.arch` / `optimizer.name`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, List, Optional
 
 from omegaconf import MISSING
 
+from layerwise.config.trainer_args import check_trainer_args, lightning_precisions
 from layerwise.errors import ConfigError
 from layerwise.options import in_range, is_number, items_in_range, key, one_of
+from layerwise.parallel.processes import START_METHODS
 
 # ----------------------------------------------------------------------------------------------- optimizer
 
@@ -79,14 +81,6 @@ class AdamSchema(OptimizerSchema):
 OPTIMIZER_SCHEMAS: dict[str, type[OptimizerSchema]] = {"sgd": SgdSchema, "adam": AdamSchema, "adamw": AdamSchema}
 
 # ------------------------------------------------------------------------------------------------- trainer
-
-
-def _lightning_precisions() -> list:
-    from typing import get_args
-
-    from lightning.fabric.connector import _PRECISION_INPUT_INT, _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
-
-    return [*get_args(_PRECISION_INPUT_STR), *get_args(_PRECISION_INPUT_STR_ALIAS), *get_args(_PRECISION_INPUT_INT)]
 
 
 def _check_limit(obj: Any, name: str) -> None:
@@ -164,7 +158,7 @@ class TrainerSchema:
             raise ConfigError(f"trainer.devices={devices!r} names GPU indices (or all devices) but "
                               f"trainer.accelerator=cpu runs a number of processes; use trainer.devices=1 "
                               f"(or N), or trainer.accelerator=gpu")
-        one_of(self, "precision", _lightning_precisions())
+        one_of(self, "precision", lightning_precisions())
         in_range(self, "max_epochs", 1, example=30)
         _check_limit(self, "limit_train_batches")
         _check_limit(self, "limit_val_batches")
@@ -176,14 +170,28 @@ class TrainerSchema:
         one_of(self, "progress_bar", ("auto", True, False))
         in_range(self, "memory_batches", 0, example=2)
         in_range(self, "images_every_n_epochs", 1, example=10)
-        from layerwise.parallel.distributed import START_METHODS
-
         one_of(self, "strategy", ["auto", *START_METHODS])
         from layerwise.core.acceleration import compile_mode
 
         compile_mode(self.compile)  # its own one-line ConfigError
         if not self.compile_backend:
             raise ConfigError("trainer.compile_backend is empty; use e.g. trainer.compile_backend=inductor")
+
+
+#: The trainer config's own keys; any other key of it is a lightning.Trainer argument (config/trainer_args.py).
+TRAINER_KEYS = frozenset(f.name for f in fields(TrainerSchema))
+
+
+def split_lightning_args(container: dict) -> dict:
+    """Take the lightning.Trainer pass-through keys out of `container["trainer"]` (a plain copy of the config) once
+    they are checked, so that the typed TrainerSchema sees only its own keys; returns them."""
+    trainer = container.get("trainer")
+    if not isinstance(trainer, dict):
+        return {}
+    extra = check_trainer_args(trainer, TRAINER_KEYS)
+    for name in extra:
+        del trainer[name]
+    return extra
 
 
 # -------------------------------------------------------------------------------------------------- logger

@@ -27,6 +27,7 @@ from layerwise.config.groups import (
     OptimizerSchema,
     PathsSchema,
     TrainerSchema,
+    split_lightning_args,
 )
 from layerwise.config.values import check_run_name, check_values
 from layerwise.errors import ConfigError
@@ -208,6 +209,7 @@ def validate(cfg: DictConfig) -> RootSchema:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{missing[0]} has no value (???); set it on the command line, e.g. {missing[0]}=...")
+    split_lightning_args(container)  # trainer keys that are lightning.Trainer's, checked and set aside
     schema = _schema_for(container)
     try:
         merged = OmegaConf.merge(schema, container)

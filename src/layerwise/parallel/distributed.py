@@ -35,10 +35,9 @@ from loguru import logger
 from torch.nn.parallel import DistributedDataParallel
 
 from layerwise.errors import ConfigError
+from layerwise.parallel.processes import START_METHODS, process_count
 from layerwise.runlog import setup_console
 
-#: trainer.strategy values and the process start method each means (Lightning's names).
-START_METHODS = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_fork": "fork", "ddp_notebook": "fork"}
 #: Epoch values that are process 0's own measurement by design (README, "What is synced"; summary.json reads the
 #: same values from process 0). Lightning recommends sync_dist=True for every epoch-level value under DDP, but
 #: averaging these would report a blend of processes' throughput and memory as process 0's, so its warning does
@@ -71,26 +70,13 @@ class LayerwiseDDPStrategy(DDPStrategy):
             return super().training_step(*args, **kwargs)
 
 
-def _device_count(trainer_cfg) -> int:
-    """How many devices `trainer.devices` asks for (-1/"auto": every visible GPU when a GPU may be used)."""
-    devices = trainer_cfg.devices
-    if isinstance(devices, str) and devices not in ("auto", "-1"):
-        parts = [p for p in devices.split(",") if p.strip()]
-        return len(parts) if "," in devices else int(devices)
-    if devices in ("auto", -1, "-1"):
-        gpu = trainer_cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-        return torch.cuda.device_count() if gpu else 1
-    if isinstance(devices, int):
-        return devices
-    return len(list(devices))
-
-
 def build_strategy(trainer_cfg) -> str | LayerwiseDDPStrategy:
-    """The Trainer's `strategy` for `trainer.strategy`: `auto` on one device, layerwise's DDP on several."""
+    """The Trainer's `strategy` for `trainer.strategy`: `auto` in one process, layerwise's DDP in several (devices
+    x trainer.num_nodes)."""
     name = str(trainer_cfg.get("strategy", "auto"))
     if name == "auto":
-        # Lightning's own choice for several devices is plain DDP, which fails on the second backward.
-        return "auto" if _device_count(trainer_cfg) == 1 else LayerwiseDDPStrategy(start_method="popen")
+        # Lightning's own choice for several devices or nodes is plain DDP, which fails on the second backward.
+        return "auto" if process_count(trainer_cfg) == 1 else LayerwiseDDPStrategy(start_method="popen")
     if name not in START_METHODS:
         raise ConfigError(f"trainer.strategy={name} is not supported: layerwise runs one backward per block, "
                           f"which needs its own gradient averaging; use trainer.strategy="
@@ -101,7 +87,7 @@ def build_strategy(trainer_cfg) -> str | LayerwiseDDPStrategy:
 def use_sync_batchnorm(trainer_cfg) -> bool:
     """`trainer.sync_batchnorm` where torch can do it: SyncBatchNorm has no CPU kernel, so on CPU it is off (with a
     warning) and each process normalizes its own batch."""
-    if not trainer_cfg.get("sync_batchnorm", False) or _device_count(trainer_cfg) == 1:
+    if not trainer_cfg.get("sync_batchnorm", False) or process_count(trainer_cfg) == 1:
         return False
     if trainer_cfg.accelerator in ("gpu", "cuda") or (trainer_cfg.accelerator == "auto" and torch.cuda.is_available()):
         return True

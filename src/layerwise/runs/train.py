@@ -13,7 +13,9 @@ from loguru import logger
 from omegaconf import DictConfig, OmegaConf
 
 from layerwise.config.checks import check_config, check_device
+from layerwise.config.groups import TRAINER_KEYS
 from layerwise.config.search import check_optimized_metric, objective
+from layerwise.config.trainer_args import lightning_args
 from layerwise.core.checkpoint import AtomicCheckpointIO, CheckpointError, RunCheckpoint, load_checkpoint
 from layerwise.core.experiment import build_experiment, config_hash, run_identity
 from layerwise.core.layout import ResumeTarget
@@ -162,13 +164,15 @@ def fit(cfg: DictConfig, run_dir: Path, resume: ResumeTarget | None = None,
         limit_train_batches=_limit(t.limit_train_batches), limit_val_batches=_limit(t.limit_val_batches),
         check_val_every_n_epoch=int(t.check_val_every_n_epoch), log_every_n_steps=int(t.log_every_n_steps),
         deterministic=t.deterministic, benchmark=t.benchmark, num_sanity_val_steps=0,
+        # Every other trainer key is a lightning.Trainer argument, checked by the config checks (num_nodes, ...).
+        **{"enable_model_summary": False, **lightning_args(t, TRAINER_KEYS)},
         # Only a run continued in its own directory continues its metrics.csv rows and wandb run.
         logger=_loggers(cfg, run_dir, resumed if resume and resume.run_dir == run_dir else None) or False,
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # the data module shards by itself, so a resume can skip exact batches
         callbacks=[*([stop] if stop else []), summary, *checkpoints, EpochLine(console=not progress), *progress,
                    RuleImages(run_dir / "images", t.images_every_n_epochs), *diagnostics],
-        enable_progress_bar=bool(progress), enable_model_summary=False,
+        enable_progress_bar=bool(progress),
         default_root_dir=str(run_dir),
     )
     with warnings.catch_warnings(), memory_errors(cfg, "training"):
