@@ -63,7 +63,9 @@ def prepare(args: list[str]) -> list[str]:
     extra = hydra_run_dir_override(args)
     _check_name(args)
     check_writable(Path(override_value(extra, "hydra.run.dir")) if extra else output_dir(args))
-    if not is_multirun_argv(args) and override_value(args, "hydra.output_subdir") is None and process_rank() == 0:
+    if not is_multirun_argv(args) and override_value(args, "hydra.output_subdir") is None:
         extra.append("hydra.output_subdir=null")
-        os.environ[SAVE_CONFIG_ENV] = "1"
+        if process_rank() == 0:
+            os.environ[SAVE_CONFIG_ENV] = "1"
+        # else: a process of another node, started with the same command (torchrun-style): rank 0 writes .hydra/
     return extra
