@@ -96,7 +96,8 @@ def test_options_of_a_reused_rule_use_that_rules_schema():
      "method.aux_typ is not an option of method=dgl; did you mean method.aux.type?"),
     (["+data.n_train=5"], "data.n_train is not an option of data=cifar10; did you mean data.subset_train?"),
     (["+trainer.max_epoch=3"],
-     "trainer.max_epoch is not an option of the trainer config; did you mean trainer.max_epochs?"),
+     "trainer.max_epoch is not an option of the trainer config nor an argument of lightning.Trainer; did you mean "
+     "trainer.max_epochs?"),
     (["data=npz"], "data.path has no value (???); set it on the command line, e.g. data.path="),
     (["method=dni", "method.synthesizer.kernel_size=4"], "method.synthesizer.kernel_size=4 must be odd"),
     (["method=dfa", "method.feedback.scale=null"], "method.feedback.scale=null has no meaning for method=dfa"),

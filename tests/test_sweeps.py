@@ -83,7 +83,8 @@ def test_slurm_launcher_preset_composes_with_cluster_keys():
                           "--cfg", "hydra", "--package", "hydra.launcher"], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     for line in ("_target_: hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher", "partition: gpu",
-                 "gpus_per_node: 1", "tasks_per_node: 1", "cpus_per_task: 8", "mem_gb: 32", "timeout_min: 720",
+                 "gpus_per_node: ${trainer.devices}", "tasks_per_node: ${trainer.devices}",  # resolved: test_multinode
+                 "nodes: ${oc.select:trainer.num_nodes,1}", "cpus_per_task: 8", "mem_gb: 32", "timeout_min: 720",
                  "array_parallelism: 32", "max_num_timeout: 3"):
         assert line in res.stdout, line
 
