@@ -46,6 +46,7 @@ def test_the_wheel_holds_every_config_as_a_file(wheel: Path):
     assert "config.yaml" in configs and shipped == configs  # real files, the same bytes as conf/
     assert "layerwise = layerwise.__main__:main" in entry_points
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    assert "layerwise/config/trainer_args.json" in names  # lightning.Trainer's arguments, for the config checks
 
 
 def test_the_installed_command_uses_the_wheels_configs_from_any_directory(wheel: Path, tmp_path: Path):
