@@ -168,6 +168,19 @@ def test_lightning_trainer_arguments_pass_through_and_the_unsupported_ones_say_w
     assert "trainer.max_epochs=0 is out of range" in _refusal([*base, "trainer.max_epochs=0"])
 
 
+def test_an_argument_the_installed_lightning_lacks_is_one_line(monkeypatch):
+    """The snapshot is the pinned Lightning's; another installed version is checked when the Trainer is built."""
+    import layerwise.config.trainer_args as trainer_args
+
+    pinned = trainer_args.snapshot()
+    monkeypatch.setattr(trainer_args, "snapshot", lambda: {**pinned, "parameters": {**pinned["parameters"],
+                                                                                     "future_arg": ["int"]}})
+    assert trainer_args.lightning_args({"num_nodes": 2}, TRAINER_KEYS) == {"num_nodes": 2}
+    with pytest.raises(ConfigError, match="trainer.future_arg is not an argument of lightning.Trainer in the "
+                                          "installed Lightning"):
+        trainer_args.lightning_args({"future_arg": 1}, TRAINER_KEYS)
+
+
 def test_the_device_loader_is_refused_with_several_processes_before_any_data_is_loaded():
     """data.loader=device does not shard: several devices or nodes are refused by the config checks."""
     base = ["data=cifar10", "data.root=/nowhere", "data.loader=device", "trainer.accelerator=cpu", "logger=none"]

@@ -54,7 +54,6 @@ REFUSED = {
     "use_distributed_sampler": "layerwise's data module shards the data itself, so that a resume continues at the "
                                "exact batch",
     "default_root_dir": "a run writes into its run directory (hydra.run.dir)",
-    "num_sanity_val_steps": "layerwise evaluates after every epoch and runs no sanity evaluation before training",
 }
 
 _TYPES = {"int": int, "float": (int, float), "bool": bool, "str": str, "dict": dict, "list": list,

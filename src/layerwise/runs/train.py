@@ -163,9 +163,10 @@ def fit(cfg: DictConfig, run_dir: Path, resume: ResumeTarget | None = None,
         strategy=build_strategy(t), sync_batchnorm=use_sync_batchnorm(t),
         limit_train_batches=_limit(t.limit_train_batches), limit_val_batches=_limit(t.limit_val_batches),
         check_val_every_n_epoch=int(t.check_val_every_n_epoch), log_every_n_steps=int(t.log_every_n_steps),
-        deterministic=t.deterministic, benchmark=t.benchmark, num_sanity_val_steps=0,
-        # Every other trainer key is a lightning.Trainer argument, checked by the config checks (num_nodes, ...).
-        **{"enable_model_summary": False, **lightning_args(t, TRAINER_KEYS)},
+        deterministic=t.deterministic, benchmark=t.benchmark,
+        # Every other trainer key is a lightning.Trainer argument checked by the config checks (num_nodes, ...); it
+        # wins over these two defaults (a sanity evaluation leaves metrics.csv as it was, but for throughput).
+        **{"num_sanity_val_steps": 0, "enable_model_summary": False, **lightning_args(t, TRAINER_KEYS)},
         # Only a run continued in its own directory continues its metrics.csv rows and wandb run.
         logger=_loggers(cfg, run_dir, resumed if resume and resume.run_dir == run_dir else None) or False,
         plugins=[AtomicCheckpointIO()],
