@@ -225,3 +225,23 @@ def test_the_slurm_launcher_asks_for_the_nodes_and_tasks_the_trainer_runs():
     assert params() == (1, 1, 1)
     assert params("trainer=ddp", "trainer.devices=4", *force_add_trainer_args(["trainer.num_nodes=2"],
                                                                                TRAINER_KEYS)) == (2, 4, 4)
+
+
+def test_several_nodes_with_no_node_rank_say_so_instead_of_waiting_silently(monkeypatch):
+    from loguru import logger
+    from omegaconf import OmegaConf
+
+    from layerwise.parallel.distributed import NODE_VARIABLES
+
+    for name in NODE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    lines: list[str] = []
+    sink = logger.add(lambda message: lines.append(str(message)), level="WARNING")
+    try:
+        trainer = OmegaConf.create({"devices": 1, "num_nodes": 2, "accelerator": "cpu", "strategy": "ddp"})
+        build_strategy(trainer)
+        monkeypatch.setenv("NODE_RANK", "1")
+        build_strategy(trainer)
+    finally:
+        logger.remove(sink)
+    assert len(lines) == 1 and "start the same command on every node with NODE_RANK=0..1" in lines[0]

@@ -26,6 +26,7 @@ environment before it logs anything.
 """
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any
 
@@ -70,10 +71,26 @@ class LayerwiseDDPStrategy(DDPStrategy):
             return super().training_step(*args, **kwargs)
 
 
+#: Variables by which some launcher tells a process its node (Lightning's cluster environments read these).
+NODE_VARIABLES = ("NODE_RANK", "GROUP_RANK", "RANK", "SLURM_NTASKS", "LSB_JOBID", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE",
+                  "KUBERNETES_PORT")
+
+
+def _warn_if_no_node_rank(trainer_cfg) -> None:
+    """trainer.num_nodes > 1 with nothing saying which node this is: every process would take itself for node 0
+    and wait for the others until the process group times out (30 min)."""
+    nodes = int(trainer_cfg.get("num_nodes", 1) or 1)
+    if nodes > 1 and not any(os.environ.get(name) for name in NODE_VARIABLES):
+        logger.warning(f"trainer.num_nodes={nodes} but nothing tells this process its node: start the same command "
+                       f"on every node with NODE_RANK=0..{nodes - 1}, MASTER_ADDR=<node 0's address>, MASTER_PORT "
+                       f"and WORLD_SIZE set, or use a cluster launcher (hydra/launcher=slurm); until then it waits")
+
+
 def build_strategy(trainer_cfg) -> str | LayerwiseDDPStrategy:
     """The Trainer's `strategy` for `trainer.strategy`: `auto` in one process, layerwise's DDP in several (devices
     x trainer.num_nodes)."""
     name = str(trainer_cfg.get("strategy", "auto"))
+    _warn_if_no_node_rank(trainer_cfg)
     if name == "auto":
         # Lightning's own choice for several devices or nodes is plain DDP, which fails on the second backward.
         return "auto" if process_count(trainer_cfg) == 1 else LayerwiseDDPStrategy(start_method="popen")
