@@ -7,6 +7,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from conftest import TINY, compose_cfg, fit_cfg
+from layerwise.config.checks import check_config
 from layerwise.data import ImageDataModule
 from layerwise.data.device_loader import BatchAugment
 from layerwise.data.sampling import AUGMENT, mix_seed
@@ -123,6 +124,15 @@ def test_train_batches_use_the_standard_order_and_labels():
 def test_what_the_device_loader_cannot_do_is_refused_before_loading(override, message):
     with pytest.raises(ConfigError, match=message):
         ImageDataModule(compose_cfg(["data=cifar10", "data.loader=device", override]).data)
+
+
+def test_the_device_loader_is_refused_with_several_processes_before_any_data_is_loaded():
+    """data.loader=device does not shard: several devices or nodes are refused by the config checks."""
+    base = ["data=cifar10", "data.root=/nowhere", "data.loader=device", "trainer.accelerator=cpu", "logger=none"]
+    for more in (["trainer.devices=2"], ["++trainer.num_nodes=2"]):
+        with pytest.raises(ConfigError, match="data.loader=device keeps the data on one device"):
+            check_config(compose_cfg([*base, *more]))
+    check_config(compose_cfg(base))  # one process: fine (the data itself is never looked at)
 
 
 def test_image_folder_is_refused():

@@ -181,14 +181,6 @@ def test_an_argument_the_installed_lightning_lacks_is_one_line(monkeypatch):
         trainer_args.lightning_args({"future_arg": 1}, TRAINER_KEYS)
 
 
-def test_the_device_loader_is_refused_with_several_processes_before_any_data_is_loaded():
-    """data.loader=device does not shard: several devices or nodes are refused by the config checks."""
-    base = ["data=cifar10", "data.root=/nowhere", "data.loader=device", "trainer.accelerator=cpu", "logger=none"]
-    for more in (["trainer.devices=2"], ["++trainer.num_nodes=2"]):
-        assert "data.loader=device keeps the data on one device" in _refusal([*base, *more])
-    check_config(compose_cfg(base))  # one process: fine (the data itself is never looked at)
-
-
 def test_the_trainer_args_snapshot_is_the_installed_lightning():
     """config/trainer_args.json lets the config checks know lightning.Trainer's arguments without importing it."""
     from layerwise.config.trainer_args import SNAPSHOT, build_snapshot, snapshot
