@@ -24,7 +24,8 @@ LOADER_KINDS = ("standard", "device")
 
 
 def check_device_loader(cfg) -> None:
-    """Refuse what the batched path cannot do exactly, before any data is loaded."""
+    """Refuse what the batched path cannot do exactly, before any data is loaded. (Several training processes, which
+    it cannot shard for, are refused by config.checks.check_device_loader_processes, which sees the trainer.)"""
     aug = cfg.augment
     fix = "set data.loader=standard"
     if cfg.name == "image_folder":
