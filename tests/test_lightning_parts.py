@@ -6,8 +6,8 @@ import csv
 
 import pytest
 import torch
-from conftest import TINY, compose_cfg, fit_cfg
 
+from conftest import TINY, compose_cfg, fit_cfg
 from layerwise.config.schema import validate
 from layerwise.errors import ConfigError
 
@@ -52,6 +52,7 @@ def test_parts_compose_and_validate(overrides):
     (["optimizer=custom", "optimizer._target_=os.system"], "is not allowed"),
     (["+callbacks.x._target_=mylab.Cb", "allowed_targets=[os]"], "os is part of Python itself"),
     (["logger=tensorboard", "logger.extra.tensorboard.name=[1]"], "must be a string or null"),
+    (["callbacks=early_stopping", "trainer=pipeline"], "trainer=pipeline trains without Lightning's Trainer"),
 ])
 def test_refused_in_one_line(overrides, message):
     with pytest.raises(ConfigError) as err:
@@ -62,8 +63,8 @@ def test_refused_in_one_line(overrides, message):
 
 def test_early_stopping_stops_before_max_epochs(tmp_path):
     # min_delta=1: no epoch can improve test/acc by a whole unit, so the run stops after patience=1 epoch.
-    summary = fit_cfg([*FAST, "trainer.max_epochs=5", "+callbacks=early_stopping", "callbacks.early_stopping.patience=1",
-                       "callbacks.early_stopping.min_delta=1.0"], tmp_path)
+    summary = fit_cfg([*FAST, "trainer.max_epochs=5", "+callbacks=early_stopping",
+                       "callbacks.early_stopping.patience=1", "callbacks.early_stopping.min_delta=1.0"], tmp_path)
     assert summary["status"] == "completed"
     assert summary["epochs_done"] < 5
 

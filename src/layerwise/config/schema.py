@@ -81,7 +81,12 @@ class RootSchema:
 
 def _check_callbacks_fit(root: RootSchema) -> None:
     """What a callback needs of the rest of the run: a validation split for a val/* metric, a logger for the
-    learning rates LearningRateMonitor reports."""
+    learning rates LearningRateMonitor reports, and Lightning's Trainer (trainer=pipeline runs its own loop)."""
+    parts = [f"callbacks.{n}" for n, v in (root.callbacks or {}).items() if v is not None] + [
+        f"logger.extra.{n}" for n, v in (root.logger.extra or {}).items() if v is not None]
+    if parts and root.trainer.pipeline is not None:
+        raise ConfigError(f"{parts[0]} is a Lightning part, and trainer=pipeline trains without Lightning's Trainer "
+                          f"(its stages run their own loop); drop it or use trainer=default")
     for name, node in (root.callbacks or {}).items():
         if not isinstance(node, dict):
             continue

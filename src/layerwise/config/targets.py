@@ -153,9 +153,7 @@ def _name(cls) -> str:
 def _derived(cls, path: str, skip: int, extra: tuple, base: type) -> type:
     params, _ = arguments(cls, skip)
     fields = [("_target_", str, dataclasses.field(default=MISSING)),
-              ("_partial_", bool, dataclasses.field(default=base.PARTIAL)),
-              ("_recursive_", bool, dataclasses.field(default=True)),
-              ("_convert_", Any, dataclasses.field(default=None))]
+              ("_partial_", bool, dataclasses.field(default=base.PARTIAL))]
     own = {f.name for f in dataclasses.fields(base)} if dataclasses.is_dataclass(base) else set()
     fields += [(name, *_field(p)) for name, p in params.items() if name not in own]
     fields += [(name, Any, dataclasses.field(default=None)) for name in extra if name not in params]
@@ -169,7 +167,8 @@ def derived_schema(path: str, node: dict, skip: int = 0, base: type = TargetNode
     cls = target_class(path, node.get("_target_"))
     check_keys(path, cls, node, skip, own)
     params, _ = arguments(cls, skip)
-    extra = tuple(sorted(k for k in node if k not in params and k not in HYDRA_KEYS and k not in own))
+    # Hydra's other keys (_recursive_, _convert_) and a **kwargs class's own: typed as given, only when present.
+    extra = tuple(sorted(k for k in node if k not in params and k not in ("_target_", "_partial_") and k not in own))
     schema = _derived(cls, path, skip, extra, base)
     required = [n for n, p in params.items() if p.default is p.empty and n not in node and n not in own]
     if required:
