@@ -50,8 +50,9 @@ def _group_option_rows() -> list[list[str]]:
     groups = {g: [f"{g}={o}{needs.get((g, o), '')}" for o in _options(g)]
               for g in ("data", "model", "optimizer", "trainer", "logger", "diagnostics")}
     groups["callbacks"] = [f"+callbacks={o}" for o in _options("callbacks")]  # no default: added with +
+    groups["trainer"].remove("trainer=pipeline")  # its own row: it refuses Lightning parts (logger=tensorboard)
     rows = itertools.zip_longest(*groups.values())
-    return [" ".join(o for o in row if o).split() for row in rows]
+    return [" ".join(o for o in row if o).split() for row in rows] + [["trainer=pipeline"]]
 
 
 @pytest.mark.parametrize("overrides", [

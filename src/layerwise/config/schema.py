@@ -2,11 +2,13 @@
 
 Four steps, each failing with ONE ConfigError line that names the key, the bad value, what is allowed and a fix:
 
-1. `_target_` allowlist: configs may only name classes of this package or of torch (layerwise instantiates no job
-   config itself; Hydra instantiates `hydra.callbacks`, checked by `check_hydra_targets` at run time).
+1. `_target_` allowlist: configs may only name classes of this package, torch, lightning, or the user's own
+   packages listed in the config's `allowed_targets` (layerwise instantiates callbacks, extra loggers and
+   `_target_` optimizers; Hydra instantiates `hydra.callbacks`, checked by `check_hydra_targets` at run time).
 2. OmegaConf.structured(schema) merged with the resolved config: wrong types and unknown keys (with a difflib
    "did you mean"). The schema of each group is picked by the option in use (data.name, model.arch,
-   optimizer.name, method.rule or method.name), so `+data.n_train=5` is refused with data=cifar10.
+   optimizer.name or optimizer._target_, method.rule or method.name), so `+data.n_train=5` is refused with
+   data=cifar10. A `_target_` node's schema is derived from its class's signature (layerwise.config.targets).
 3. Every leaf: no non-finite float (unless its field opts in), no integer beyond int64 (schema/values.py).
 4. OmegaConf.to_object: each dataclass's `__post_init__` checks ranges, choices and cross-field rules.
 """
