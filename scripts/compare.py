@@ -40,7 +40,8 @@ DEFAULT_METRIC = "test/acc"
 # Config keys (and key prefixes) that do not make two runs different experiments: the seed, the run's name and
 # where it writes, the launcher, logging, data location/loading, console output.
 IGNORED = ("seed", "name", "paths", "hydra", "logger", "data.root", "data.download", "data.num_workers",
-           "trainer.progress_bar", "trainer.log_every_n_steps", "trainer.images_every_n_epochs")
+           "trainer.progress_bar", "trainer.log_every_n_steps", "trainer.images_every_n_epochs", "allowed_targets",
+           "callbacks.lr_monitor")
 # Their own table columns; never repeated in the "config" column.
 IDENTITY = {"method": "method.name", "model": "model.name", "data": "data.name"}
 INCOMPLETE = "running/incomplete"

@@ -46,10 +46,13 @@ def test_every_method_validates_with_the_default_config(method):
 
 def _group_option_rows() -> list[list[str]]:
     """Every option of every group at least once, several groups per composed config (composing is slow)."""
-    groups = {g: [f"{g}={o}" if (g, o) != ("data", "npz") else "data=npz data.path=x.npz" for o in _options(g)]
+    needs = {("data", "npz"): " data.path=x.npz", ("optimizer", "custom"): " optimizer._target_=torch.optim.Adagrad"}
+    groups = {g: [f"{g}={o}{needs.get((g, o), '')}" for o in _options(g)]
               for g in ("data", "model", "optimizer", "trainer", "logger", "diagnostics")}
+    groups["callbacks"] = [f"+callbacks={o}" for o in _options("callbacks")]  # no default: added with +
+    groups["trainer"].remove("trainer=pipeline")  # its own row: it refuses Lightning parts (logger=tensorboard)
     rows = itertools.zip_longest(*groups.values())
-    return [" ".join(o for o in row if o).split() for row in rows]
+    return [" ".join(o for o in row if o).split() for row in rows] + [["trainer=pipeline"]]
 
 
 @pytest.mark.parametrize("overrides", [

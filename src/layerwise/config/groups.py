@@ -7,14 +7,16 @@ per kind, picked by `data.name` / `model.arch` / `optimizer.name`.
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, List, Optional
+from typing import Any, ClassVar, Dict, List, Optional
 
 from omegaconf import MISSING
 
+from layerwise.config.targets import TargetNode, arguments, derived_schema, target_class
 from layerwise.config.trainer_args import check_trainer_args, lightning_precisions
 from layerwise.errors import ConfigError
-from layerwise.options import in_range, is_number, items_in_range, key, one_of
+from layerwise.options import checked_options, in_range, is_number, items_in_range, key, one_of
 from layerwise.parallel.processes import START_METHODS
 
 # ----------------------------------------------------------------------------------------------- optimizer
@@ -79,6 +81,43 @@ class AdamSchema(OptimizerSchema):
 
 
 OPTIMIZER_SCHEMAS: dict[str, type[OptimizerSchema]] = {"sgd": SgdSchema, "adam": AdamSchema, "adamw": AdamSchema}
+
+
+@dataclass
+class TargetOptimizerSchema(TargetNode):
+    """An optimizer named by `_target_` (conf/optimizer/rmsprop.yaml, optimizer=custom): its arguments are the
+    class's own (layerwise.config.targets derives their types), plus layerwise's `name` and `scheduler`."""
+    PATH: ClassVar[str] = "optimizer"
+    PARTIAL: ClassVar[bool] = True
+    name: Optional[str] = None
+    scheduler: SchedulerSchema = field(default_factory=SchedulerSchema)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if is_number(getattr(self, "lr", None)):
+            in_range(self, "lr", 0, low_open=True, example=0.001)
+        if is_number(getattr(self, "weight_decay", None)):
+            in_range(self, "weight_decay", 0, example=0.01)
+
+
+def optimizer_schema(node: dict) -> type:
+    """The schema of the optimizer in use: by `_target_` (any torch.optim class, checked against its signature),
+    else by `name` (sgd, adam, adamw: layerwise's own schemas)."""
+    if isinstance(node, dict) and node.get("_target_") is not None:
+        target, name = node["_target_"], node.get("name")
+        if name in OPTIMIZER_SCHEMAS:  # +optimizer._target_=... on sgd/adam: their keys are for their own class
+            params, _ = arguments(target_class("optimizer", target), skip=1)
+            foreign = [k for k in node if k not in params and k not in ("_target_", "_partial_", "name", "scheduler")]
+            if foreign:
+                raise ConfigError(f"optimizer._target_={target} does not take optimizer.{foreign[0]} (a key of "
+                                  f"optimizer={name}); start from optimizer=custom optimizer._target_={target}, "
+                                  f"which sets only lr")
+        return derived_schema("optimizer", node, skip=1, base=TargetOptimizerSchema, own=("name", "scheduler"))
+    choice = node.get("name") if isinstance(node, dict) else None
+    if choice not in OPTIMIZER_SCHEMAS:
+        raise ConfigError(f"optimizer={choice!r} is not known; available: {', '.join(sorted(OPTIMIZER_SCHEMAS))} "
+                          f"(or any torch.optim class: optimizer=custom optimizer._target_=torch.optim.RMSprop)")
+    return OPTIMIZER_SCHEMAS[choice]
 
 # ------------------------------------------------------------------------------------------------- trainer
 
@@ -208,10 +247,58 @@ class LoggerSchema:
     tags: List[str] = field(default_factory=list)
     job_type: str = "train"
     init_timeout: Optional[float] = 30
+    # Loggers besides csv and wandb, each a node with a `_target_` (conf/logger/tensorboard.yaml); a logger that
+    # takes save_dir and is given none writes into the run directory.
+    extra: Optional[Dict[str, Any]] = None
 
     def __post_init__(self) -> None:
         one_of(self, "mode", ("auto", "online", "offline", "disabled"))
         in_range(self, "init_timeout", 0, low_open=True, example=30)
+        check_parts("logger.extra", self.extra, defaults=("save_dir",))
+
+    @property
+    def any(self) -> bool:
+        return bool(self.csv or self.wandb or self.extra)
+
+
+# ------------------------------------------------------------------------- callbacks and other `_target_` parts
+
+#: The metrics a callback may monitor: the logged ones (rules add their own under train/ and block{i}/).
+MONITORED = ("test/acc", "test/loss", "val/acc", "val/loss", "train/loss", "train/acc", "train/lr")
+
+
+def check_parts(path: str, parts: Any, defaults: tuple = ()) -> None:
+    """Each node of `parts` (callbacks, logger.extra) names a class by `_target_`; its keys are that class's
+    arguments, of their annotated types. `defaults`: arguments layerwise fills in when the node leaves them out."""
+    if parts is None:
+        return
+    if not isinstance(parts, dict):
+        raise ConfigError(f"{path} must be a mapping of name -> node with a _target_, got {parts!r}")
+    for name, node in parts.items():
+        where = f"{path}.{name}"
+        if node is None:
+            continue  # switched off on the command line (callbacks.early_stopping=null)
+        if not isinstance(node, dict) or "_target_" not in node:
+            raise ConfigError(f"{where} must be a node with a _target_ (the class to build), e.g. "
+                              f"{where}._target_=lightning.pytorch.callbacks.EarlyStopping")
+        params, _ = arguments(target_class(where, node["_target_"]))
+        given = {**{d: "." for d in defaults if d in params and d not in node}, **node}  # filled in at run time
+        checked_options(derived_schema(where, given), given)
+        monitor = node.get("monitor")
+        if isinstance(monitor, str):
+            check_monitor(f"{where}.monitor", monitor)
+
+
+def check_monitor(path: str, metric: str) -> None:
+    """A metric layerwise logs; rules' own metrics are under train/ and block{i}/, so those pass."""
+    import re
+
+    if metric in MONITORED or metric.startswith("train/") or re.fullmatch(r"block\d+/\w+", metric):
+        return
+    close = difflib.get_close_matches(metric, MONITORED, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise ConfigError(f"{path}={metric!r} is not a metric layerwise logs; {hint}choose one of "
+                      f"{', '.join(MONITORED)} (or train/<rule metric>, block<i>/<metric>)")
 
 
 # --------------------------------------------------------------------------------------------- diagnostics

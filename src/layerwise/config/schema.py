@@ -2,11 +2,13 @@
 
 Four steps, each failing with ONE ConfigError line that names the key, the bad value, what is allowed and a fix:
 
-1. `_target_` allowlist: configs may only name classes of this package or of torch (layerwise instantiates no job
-   config itself; Hydra instantiates `hydra.callbacks`, checked by `check_hydra_targets` at run time).
+1. `_target_` allowlist: configs may only name classes of this package, torch, lightning, or the user's own
+   packages listed in the config's `allowed_targets` (layerwise instantiates callbacks, extra loggers and
+   `_target_` optimizers; Hydra instantiates `hydra.callbacks`, checked by `check_hydra_targets` at run time).
 2. OmegaConf.structured(schema) merged with the resolved config: wrong types and unknown keys (with a difflib
    "did you mean"). The schema of each group is picked by the option in use (data.name, model.arch,
-   optimizer.name, method.rule or method.name), so `+data.n_train=5` is refused with data=cifar10.
+   optimizer.name or optimizer._target_, method.rule or method.name), so `+data.n_train=5` is refused with
+   data=cifar10. A `_target_` node's schema is derived from its class's signature (layerwise.config.targets).
 3. Every leaf: no non-finite float (unless its field opts in), no integer beyond int64 (schema/values.py).
 4. OmegaConf.to_object: each dataclass's `__post_init__` checks ranges, choices and cross-field rules.
 """
@@ -14,26 +16,27 @@ from __future__ import annotations
 
 import difflib
 import functools
+import sys
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, List, Optional
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
 from layerwise.config.groups import (
-    OPTIMIZER_SCHEMAS,
     DiagnosticsSchema,
     LoggerSchema,
-    OptimizerSchema,
     PathsSchema,
     TrainerSchema,
+    check_parts,
+    optimizer_schema,
     split_lightning_args,
 )
 from layerwise.config.values import check_run_name, check_values
 from layerwise.errors import ConfigError
 from layerwise.options import check_seed, expected_words
 
-ALLOWED_TARGET_PREFIXES = ("layerwise.", "torch.")
+ALLOWED_TARGET_PREFIXES = ("layerwise.", "torch.", "lightning.")  # lightning. covers lightning.pytorch.
 #: Where a config may name code of the user's own (a rule class, a network builder, a dataset loader).
 USER_TARGETS = ("method._target_", "model._target_", "data._target_")
 
@@ -56,10 +59,16 @@ class RootSchema:
     trainer: TrainerSchema = field(default_factory=TrainerSchema)
     logger: LoggerSchema = field(default_factory=LoggerSchema)
     diagnostics: Optional[DiagnosticsSchema] = None
+    # Lightning callbacks, each a node with a _target_ (conf/callbacks/: +callbacks=early_stopping).
+    callbacks: Optional[Any] = None
+    # The user's own packages a `_target_` may name besides layerwise, torch and lightning (check_targets).
+    allowed_targets: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         from layerwise.config.search import metric_name
 
+        check_parts("callbacks", self.callbacks)
+        _check_callbacks_fit(self)
         check_seed(self, "seed")
         check_run_name(self.name, self.paths.output_root)
         metric_name(self)  # one list of metrics, in layerwise.config.search
@@ -71,6 +80,27 @@ class RootSchema:
 
     def get(self, name: str, default=None):  # what layerwise.config.search.metric_name reads configs with
         return getattr(self, name, default)
+
+
+def _check_callbacks_fit(root: RootSchema) -> None:
+    """What a callback needs of the rest of the run: a validation split for a val/* metric, a logger for the
+    learning rates LearningRateMonitor reports, and Lightning's Trainer (trainer=pipeline runs its own loop)."""
+    parts = [f"callbacks.{n}" for n, v in (root.callbacks or {}).items() if v is not None] + [
+        f"logger.extra.{n}" for n, v in (root.logger.extra or {}).items() if v is not None]
+    if parts and root.trainer.pipeline is not None:
+        raise ConfigError(f"{parts[0]} is a Lightning part, and trainer=pipeline trains without Lightning's Trainer "
+                          f"(its stages run their own loop); drop it or use trainer=default")
+    for name, node in (root.callbacks or {}).items():
+        if not isinstance(node, dict):
+            continue
+        monitor = node.get("monitor")
+        split = getattr(root.data, "val_fraction", 0) or 0
+        if isinstance(monitor, str) and monitor.startswith("val/") and not split > 0:
+            raise ConfigError(f"callbacks.{name}.monitor={monitor} needs a validation split held out of the training "
+                              f"set; set data.val_fraction=0.1, or monitor test/acc")
+        if str(node.get("_target_")).endswith(".LearningRateMonitor") and not root.logger.any:
+            raise ConfigError(f"callbacks.{name} (LearningRateMonitor) writes the learning rates to a logger and "
+                              f"this run has none (logger=none); use logger=csv (metrics.csv) or drop the callback")
 
 
 def _pick(group: str, choice: Any, table: dict, base: type) -> type:
@@ -97,7 +127,7 @@ def _schema_for(container: dict) -> DictConfig:
     method = node("method")
     return _structured(data_options(node("data")), model_options(node("model")),
                        class_for(method).Options,
-                       _pick("optimizer", option("optimizer"), OPTIMIZER_SCHEMAS, OptimizerSchema))
+                       optimizer_schema(node("optimizer")))
 
 
 @functools.lru_cache(maxsize=64)
@@ -162,24 +192,53 @@ def _translate(err: OmegaConfBaseException, schema: DictConfig, container: dict)
 
 # ---------------------------------------------------------------------------------------- _target_ allowlist
 
-def target_allowed(target: Any) -> bool:
-    return isinstance(target, str) and target.startswith(ALLOWED_TARGET_PREFIXES)
+def target_allowed(target: Any, packages: tuple = ()) -> bool:
+    """`packages`: the user's own (the config's allowed_targets), e.g. ("mylab",) allows mylab.*."""
+    prefixes = ALLOWED_TARGET_PREFIXES + tuple(f"{p}." for p in packages)
+    return isinstance(target, str) and target.startswith(prefixes)
 
 
-def check_targets(node: Any, prefix: str = "") -> None:
-    """Every `_target_` under `node` names a class of layerwise or torch."""
+def _user_packages(node: Any) -> tuple:
+    """The root config's `allowed_targets`: importable package names, none of Python's own modules (naming
+    `os` there would let a config run any function)."""
+    import re
+
+    value = node.get("allowed_targets") if isinstance(node, dict) else None
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        value = [value]
+    for name in value:
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", name):
+            raise ConfigError(f"allowed_targets={value!r}: {name!r} is not a package name; list your own packages, "
+                              f"e.g. allowed_targets=[mylab]")
+        if name.split(".")[0] in sys.stdlib_module_names or name.split(".")[0] == "builtins":
+            raise ConfigError(f"allowed_targets={value!r}: {name} is part of Python itself, which a config may not "
+                              f"call into; list only your own packages, e.g. allowed_targets=[mylab]")
+    return tuple(value)
+
+
+def check_targets(node: Any, prefix: str = "", packages: tuple | None = None) -> None:
+    """Every `_target_` under `node` names a class of layerwise, torch, lightning or of a package the root
+    config lists in `allowed_targets`."""
+    if packages is None:
+        packages = _user_packages(node) if not prefix else ()
     if isinstance(node, dict):
         for k, v in node.items():
             path = f"{prefix}.{k}" if prefix else str(k)
             if k == "_target_" and path in USER_TARGETS:
                 continue  # the user's own rule, network or dataset: imported and checked where it is used
-            if k == "_target_" and v is not None and not target_allowed(v):
-                raise ConfigError(f"{path}={v!r} is not allowed: a config may only name classes of layerwise or torch "
-                                  f"(layerwise.*, torch.*); remove this _target_ or point it at one of those")
-            check_targets(v, path)
+            if k == "_target_" and v is not None and v != "???" and not target_allowed(v, packages):
+                package = str(v).split(".")[0] or "mypackage"
+                allowed = ", ".join(f"{p.rstrip('.')}.*" for p in ALLOWED_TARGET_PREFIXES + tuple(
+                    f"{p}." for p in packages))
+                fix = ("point it at one of those" if package in sys.stdlib_module_names or package == "builtins"
+                       else f"if {package} is your own package, allow it with allowed_targets=[{package}]")
+                raise ConfigError(f"{path}={v!r} is not allowed: a config may only name classes of {allowed}; {fix}")
+            check_targets(v, path, packages)
     elif isinstance(node, list):
         for i, v in enumerate(node):
-            check_targets(v, f"{prefix}[{i}]")
+            check_targets(v, f"{prefix}[{i}]", packages)
 
 
 def check_hydra_targets() -> None:

@@ -5,10 +5,15 @@ import torch
 
 from layerwise.errors import ConfigError
 
+#: Keys of an optimizer node that are layerwise's, not the optimizer class's.
+OWN_KEYS = ("name", "scheduler")
+
 
 def build_optimizer(params, cfg, lr_scale: float = 1.0) -> torch.optim.Optimizer:
     """`lr_scale` multiplies `cfg.lr` for a group that needs its own step size (DNI's synthesizers)."""
     params = list(params)
+    if cfg.get("_target_") is not None:
+        return _target_optimizer(params, cfg, lr_scale)
     lr = cfg.lr * lr_scale
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
@@ -17,6 +22,29 @@ def build_optimizer(params, cfg, lr_scale: float = 1.0) -> torch.optim.Optimizer
         cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
         return cls(params, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     raise ConfigError(f"optimizer={cfg.name!r} is not known; choose sgd, adam or adamw")
+
+
+def _target_optimizer(params, cfg, lr_scale: float) -> torch.optim.Optimizer:
+    """An optimizer named by `_target_` (conf/optimizer/rmsprop.yaml): Hydra builds the class as a partial, this
+    group's parameters and learning rate complete it. Lists become tuples (betas), as torch's signatures say."""
+    import inspect
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.to_container(cfg, resolve=True)
+    factory = instantiate({"_target_": node["_target_"], "_partial_": True})
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in node.items()
+              if k not in OWN_KEYS and not (k.startswith("_") and k.endswith("_"))}
+    params_of = inspect.signature(factory.func).parameters
+    for name in [k for k, v in kwargs.items() if v is None and k in params_of]:
+        if params_of[name].default is not None:  # the schema's null for an object default: the class's own
+            del kwargs[name]
+    lr = kwargs.pop("lr", None)
+    if lr is None:  # the class's own default, scaled as a configured one would be
+        default = params_of.get("lr")
+        lr = default.default if default is not None and default.default is not inspect.Parameter.empty else None
+    return factory(params, **kwargs) if lr is None else factory(params, lr=lr * lr_scale, **kwargs)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg, max_epochs: int):

@@ -73,7 +73,23 @@ def _loggers(cfg: DictConfig, run_dir: Path, resumed: dict | None = None) -> lis
                                           run_id=resumed.get("wandb_id") if resumed else None)
         if wandb_logger is not None:
             loggers.append(wandb_logger)
+    loggers += _extra_loggers(cfg, run_dir)
     return loggers
+
+
+def _extra_loggers(cfg: DictConfig, run_dir: Path) -> list:
+    """logger.extra: any Lightning logger by `_target_` (logger=tensorboard); save_dir defaults to the run dir."""
+    from layerwise.config.targets import build
+
+    extra = cfg.logger.get("extra") or {}
+    return [build(node, save_dir=str(run_dir)) for node in extra.values() if node is not None]
+
+
+def _config_callbacks(cfg: DictConfig) -> list:
+    """callbacks: Lightning callbacks by `_target_` (+callbacks=early_stopping), after layerwise's own."""
+    from layerwise.config.targets import build
+
+    return [build(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
 
 
 def _progress_callbacks(cfg: DictConfig) -> list:
@@ -172,7 +188,7 @@ def fit(cfg: DictConfig, run_dir: Path, resume: ResumeTarget | None = None,
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # the data module shards by itself, so a resume can skip exact batches
         callbacks=[*([stop] if stop else []), summary, *checkpoints, EpochLine(console=not progress), *progress,
-                   RuleImages(run_dir / "images", t.images_every_n_epochs), *diagnostics],
+                   RuleImages(run_dir / "images", t.images_every_n_epochs), *diagnostics, *_config_callbacks(cfg)],
         enable_progress_bar=bool(progress),
         default_root_dir=str(run_dir),
     )
