@@ -98,12 +98,27 @@ def _shown(value) -> str:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
+    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def rows(cls: type, prefix: str, skip: frozenset[str] = frozenset()) -> list[str]:
-    """Table rows of `cls`'s fields under `prefix` (nested dataclasses expanded as dotted keys)."""
-    comments = _comments(cls)
+def yaml_comments(path: Path) -> dict[str, str]:
+    """The comment above (or beside) each top-level key of a YAML file: where the root config explains its keys."""
+    out, above = {}, []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            above.append(line.lstrip("#").strip())
+            continue
+        match = re.match(r"^(\w+):(.*?)(?:\s#\s*(.*))?$", line)
+        if match and match.group(1) != "defaults":
+            out[match.group(1)] = " ".join([*above, *([match.group(3)] if match.group(3) else [])])
+        above = []
+    return out
+
+
+def rows(cls: type, prefix: str, skip: frozenset[str] = frozenset(), fallback: dict | None = None) -> list[str]:
+    """Table rows of `cls`'s fields under `prefix` (nested dataclasses expanded as dotted keys); `fallback`: notes
+    for fields whose source has no comment."""
+    comments = {**(fallback or {}), **_comments(cls)}
     out = []
     for field in dataclasses.fields(cls):
         if field.name in skip:
@@ -118,8 +133,8 @@ def rows(cls: type, prefix: str, skip: frozenset[str] = frozenset()) -> list[str
     return out
 
 
-def table(cls: type, prefix: str, skip: frozenset[str] = frozenset()) -> list[str]:
-    body = rows(cls, prefix, skip)
+def table(cls: type, prefix: str, skip: frozenset[str] = frozenset(), fallback: dict | None = None) -> list[str]:
+    body = rows(cls, prefix, skip, fallback)
     if not body:
         return []
     return ["| key | type | default | notes |", "|---|---|---|---|", *body, ""]
@@ -165,9 +180,10 @@ def reference_markdown() -> str:
     from layerwise.rules import rule_names
     from layerwise.rules.base import RuleOptions
 
-    out = ["## Top-level keys", "", *table(RootSchema, "", frozenset(
-        f.name for f in dataclasses.fields(RootSchema) if f.name in {"data", "model", "method", "optimizer",
-                                                                      "trainer", "logger", "diagnostics"}))]
+    groups_of_root = frozenset(f.name for f in dataclasses.fields(RootSchema) if f.name in {
+        "data", "model", "method", "optimizer", "trainer", "logger", "diagnostics"})
+    out = ["## Top-level keys", "", "Notes from `conf/config.yaml`, where these keys are set.", "",
+           *table(RootSchema, "", groups_of_root, yaml_comments(CONF / "config.yaml"))]
 
     out += ["## `method`: learning rules", "", "Every rule has these keys:", "", *table(RuleOptions, "method")]
     for name in rule_names():
