@@ -11,10 +11,12 @@ classes live. `python scripts/config_reference.py` prints the reference.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import inspect
 import io
 import re
+import sys
 import textwrap
 import tokenize
 from pathlib import Path
@@ -51,6 +53,63 @@ def field_comments(cls: type) -> dict[str, str]:
         text = " ".join(part for part in [*above, *own] if part)
         if text:
             out[match.group(1)] = text
+    return out
+
+
+def _bounds(low, high, low_open: bool, high_open: bool) -> str:
+    if high is None:
+        return f"{'>' if low_open else '>='} {low}"
+    if low is None:
+        return f"{'<' if high_open else '<='} {high}"
+    return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+
+
+def _words(values) -> str:
+    return " | ".join(str(v).lower() if isinstance(v, bool) else str(v) for v in values)
+
+
+def field_checks(cls: type) -> dict[str, str]:
+    """What each field's `__post_init__` check allows, read from its calls of layerwise.options' checks
+    (`one_of`, `in_range`, `items_in_range`, `number_or`): the choices and ranges the schema enforces."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        method = klass.__dict__.get("__post_init__")
+        if method is None:
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(method)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        namespace = vars(sys.modules[klass.__module__])
+
+        def value(node, namespace=namespace):
+            return eval(compile(ast.Expression(node), "<check>", "eval"), dict(namespace))  # noqa: S307 - our code
+
+        for call in ast.walk(tree):
+            if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and len(call.args) >= 2
+                    and isinstance(call.args[0], ast.Name) and call.args[0].id == "self"
+                    and isinstance(call.args[1], ast.Constant)):
+                continue
+            name, kind = call.args[1].value, call.func.id
+            keywords = {k.arg: k.value for k in call.keywords}
+            try:
+                if kind == "one_of":
+                    out[name] = "one of " + _words(value(call.args[2]))
+                elif kind in ("in_range", "items_in_range"):
+                    low = value(call.args[2]) if len(call.args) > 2 else value(keywords["low"]) if "low" in keywords \
+                        else None
+                    high = value(call.args[3]) if len(call.args) > 3 else value(keywords["high"]) \
+                        if "high" in keywords else None
+                    opened = {k: bool(value(keywords[k])) if k in keywords else False
+                              for k in ("low_open", "high_open")}
+                    text = _bounds(low, high, opened["low_open"], opened["high_open"])
+                    out[name] = f"each item {text}" if kind == "items_in_range" else text
+                elif kind == "number_or":
+                    low = value(keywords["low"]) if "low" in keywords else None
+                    out[name] = f"a number{'' if low is None else ' ' + _bounds(low, None, False, False)}, or " \
+                                + _words(value(call.args[2]))
+            except Exception:  # noqa: BLE001 - a check written another way: no note rather than a wrong one
+                continue
     return out
 
 
@@ -119,6 +178,7 @@ def rows(cls: type, prefix: str, skip: frozenset[str] = frozenset(), fallback: d
     """Table rows of `cls`'s fields under `prefix` (nested dataclasses expanded as dotted keys); `fallback`: notes
     for fields whose source has no comment."""
     comments = {**(fallback or {}), **_comments(cls)}
+    checks = field_checks(cls)
     out = []
     for field in dataclasses.fields(cls):
         if field.name in skip:
@@ -128,8 +188,10 @@ def rows(cls: type, prefix: str, skip: frozenset[str] = frozenset(), fallback: d
         if dataclasses.is_dataclass(default):
             out += rows(type(default), key)
             continue
-        out.append(f"| `{key}` | `{_cell(_type(field))}` | {_cell(_shown(default))} | "
-                   f"{_cell(comments.get(field.name, ''))} |")
+        notes = comments.get(field.name, "")
+        if field.name in checks:
+            notes = f"{notes} ({checks[field.name]})" if notes else checks[field.name]
+        out.append(f"| `{key}` | `{_cell(_type(field))}` | {_cell(_shown(default))} | {_cell(notes)} |")
     return out
 
 

@@ -412,3 +412,26 @@ def test_readme_is_short_and_its_links_resolve():
     broken = [link for link in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme)
               if not link.startswith(("http://", "https://")) and not (ROOT / link).exists()]
     assert not broken, broken
+
+
+def test_readme_lists_every_rule_model_and_dataset():
+    """The README's lists are written by hand: they name exactly what conf/ and the rule registry offer."""
+    from layerwise.rules import rule_names
+
+    readme = (ROOT / "README.md").read_text()
+    rules = set(re.findall(r"^\| `(\w+)`(?:, `(\w+)`)? \|", readme, re.M))
+    listed_rules = {name for pair in rules for name in pair if name}
+    assert listed_rules == {*rule_names(), *(p.stem for p in (CONF / "method").glob("*.yaml"))}
+    models = re.search(r"^Models: (.*?)\(\[models\]", readme, re.M | re.S).group(1)
+    assert set(re.findall(r"`(\w+)`", models)) == {p.stem for p in (CONF / "model").glob("*.yaml")}
+    data = re.search(r"Data: (.*?)\(\[data and offline use\]", readme, re.S).group(1)
+    assert set(re.findall(r"`(\w+)`", data)) == {p.stem for p in (CONF / "data").glob("*.yaml")}
+
+
+def test_legacy_flags_table_matches_the_cli():
+    """Every legacy flag the CLI translates is in the table of docs/usage/running.md, and the table has no other."""
+    from layerwise import cli
+
+    text = (DOCS / "usage" / "running.md").read_text()
+    table = "\n".join(line for line in text[text.index("## Legacy flags"):].splitlines() if line.startswith("| `--"))
+    assert set(re.findall(r"(--[a-z_]+)", table)) == set(cli.VALUE_FLAGS) | set(cli.SWITCH_FLAGS)
