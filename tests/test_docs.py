@@ -435,3 +435,21 @@ def test_legacy_flags_table_matches_the_cli():
     text = (DOCS / "usage" / "running.md").read_text()
     table = "\n".join(line for line in text[text.index("## Legacy flags"):].splitlines() if line.startswith("| `--"))
     assert set(re.findall(r"(--[a-z_]+)", table)) == set(cli.VALUE_FLAGS) | set(cli.SWITCH_FLAGS)
+
+
+def test_the_reference_names_every_option():
+    """The generated configuration reference (scripts/config_reference.py, run by mkdocs) has a row for every key of
+    every rule's Options, with the allowed values its checks enforce."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from config_reference import reference_markdown
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    from layerwise.rules import rule_class, rule_names
+
+    text = reference_markdown()
+    missing = [f"method.{key}" for name in rule_names() for key in _option_keys(rule_class(name).Options)
+               if f"| `method.{key}` |" not in text]
+    assert not missing, missing
+    assert "| `trainer.nonfinite` | `str` | `stop` | one of stop \\| skip |" in text
+    assert "| `model.dropout` | `float` | `0.0` | in [0, 1) |" in text
