@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-all install clean-venv
+.PHONY: run test test-all docs install clean-venv
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,10 +22,19 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check src tests scripts main.py
 	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=25 -m "not slow" tests
+	$(MAKE) docs
 
 test-all: $(STAMP)
 	$(BIN)/ruff check src tests scripts main.py
 	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=25 tests
+	$(MAKE) docs
+
+# docs: the manual (docs/, mkdocs.yml) built with every warning an error (a broken link or anchor, a page missing
+# from the nav), into a temporary directory so nothing lands in the tree; scripts/config_reference.py generates
+# the configuration reference during the build.
+docs: $(STAMP)
+	tmp=$$(mktemp -d) && NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir "$$tmp"; \
+		status=$$?; rm -rf "$$tmp"; exit $$status
 
 clean-venv:
 	rm -rf $(VENV)
