@@ -43,7 +43,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict
 
 from conftest import ROOT
-from layerwise.cli import LegacyFlagError, translate
+from layerwise.cli import LegacyFlagError, lightning_trainer_overrides, translate
 from layerwise.errors import LayerwiseError
 
 DOCS = ROOT / "docs"
@@ -58,6 +58,8 @@ HYDRA_VALUED = {"--cfg", "-c", "--info", "-i", "--config-dir", "-cd", "--config-
 PLACEHOLDERS = {
     "python main.py <overrides> --cfg job": "stands for any command",
     ".venv/bin/python main.py ...": "stands for any command",
+    "python main.py allowed_targets=[<your package>] +callbacks.mine._target_=<your package>.<a callback class>":
+        "a class of the reader's own package",
 }
 #: Commands a page shows failing without an `ERROR` line under them, and (part of) their error.
 FAILS_ON_PURPOSE = {
@@ -149,7 +151,7 @@ def parse(command: str) -> Parsed:
         words = words[1:]
     args = words[_program(words):]
     try:
-        args, _ = translate(args)
+        args = lightning_trainer_overrides(translate(args)[0])
     except LegacyFlagError as err:
         raise LayerwiseError(f"legacy flags: {err}") from None
     overrides, multirun, config_dir, i = [], False, None, 0

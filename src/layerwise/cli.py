@@ -202,10 +202,11 @@ def translate_argv(argv: list[str]) -> list[str]:
         raise SystemExit(2) from None
     if produced:
         print(f"legacy flags -> overrides: {' '.join(produced)}", file=sys.stderr)
-    return _lightning_trainer_overrides(new_argv)
+    return lightning_trainer_overrides(new_argv)
 
 
-def _lightning_trainer_overrides(argv: list[str]) -> list[str]:
+def lightning_trainer_overrides(argv: list[str]) -> list[str]:
+    """`trainer.<a Lightning Trainer argument>=v` as `++trainer.<arg>=v`: the composed config lacks the key."""
     from layerwise.config.groups import TRAINER_KEYS
     from layerwise.config.trainer_args import force_add_trainer_args
 
