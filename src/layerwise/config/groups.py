@@ -81,12 +81,14 @@ OPTIMIZER_SCHEMAS: dict[str, type[OptimizerSchema]] = {"sgd": SgdSchema, "adam":
 # ------------------------------------------------------------------------------------------------- trainer
 
 
+#: Lightning's trainer.precision values (lightning.fabric.connector's _PRECISION_INPUT_*), written out so that the
+#: config check imports no Lightning; tests/test_layout.py fails when the installed Lightning's differ.
+LIGHTNING_PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true",
+                        "bf16-mixed", "32-true", "64-true", "64", "32", "16", "bf16", 64, 32, 16)
+
+
 def _lightning_precisions() -> list:
-    from typing import get_args
-
-    from lightning.fabric.connector import _PRECISION_INPUT_INT, _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
-
-    return [*get_args(_PRECISION_INPUT_STR), *get_args(_PRECISION_INPUT_STR_ALIAS), *get_args(_PRECISION_INPUT_INT)]
+    return list(LIGHTNING_PRECISIONS)
 
 
 def _check_limit(obj: Any, name: str) -> None:
@@ -176,10 +178,10 @@ class TrainerSchema:
         one_of(self, "progress_bar", ("auto", True, False))
         in_range(self, "memory_batches", 0, example=2)
         in_range(self, "images_every_n_epochs", 1, example=10)
-        from layerwise.parallel.distributed import START_METHODS
+        from layerwise.parallel import START_METHODS
 
         one_of(self, "strategy", ["auto", *START_METHODS])
-        from layerwise.core.acceleration import compile_mode
+        from layerwise.core.compile_modes import compile_mode
 
         compile_mode(self.compile)  # its own one-line ConfigError
         if not self.compile_backend:

@@ -35,10 +35,9 @@ from loguru import logger
 from torch.nn.parallel import DistributedDataParallel
 
 from layerwise.errors import ConfigError
+from layerwise.parallel import START_METHODS
 from layerwise.runlog import setup_console
 
-#: trainer.strategy values and the process start method each means (Lightning's names).
-START_METHODS = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_fork": "fork", "ddp_notebook": "fork"}
 #: Epoch values that are process 0's own measurement by design (README, "What is synced"; summary.json reads the
 #: same values from process 0). Lightning recommends sync_dist=True for every epoch-level value under DDP, but
 #: averaging these would report a blend of processes' throughput and memory as process 0's, so its warning does
