@@ -254,7 +254,9 @@ def run(cfg: DictConfig, config_checked: bool = False) -> float | None:
 def _config_is_valid(cfg: DictConfig, run_dir: Path, checked: bool = False) -> bool:
     """The config checks (layerwise.runs.gate), before anything is written; `checked`: the entry point ran the
     torch-free ones already, only the machine's (check_device) remain."""
-    device = lambda c: check_device(c.trainer)  # noqa: E731
+    def device(job: DictConfig) -> None:
+        check_device(job.trainer)
+
     return config_is_valid(cfg, run_dir, (device,) if checked else (check_config, check_optimized_metric, device))
 
 
