@@ -446,26 +446,40 @@ CLI_COMMANDS = {
 
 
 def cli_table(repeats: int, log) -> tuple[str, dict]:
-    """Wall seconds of each CLI_COMMANDS entry, median of `repeats` interleaved runs, and the ratio to
-    `import torch` (DESIGN.md: config errors, --cfg job and --help return before torch is imported)."""
+    """Wall and CPU seconds (user + system, steadier than wall on a shared machine) of each CLI_COMMANDS entry,
+    medians of `repeats` interleaved runs, and their ratios to `import torch` (DESIGN.md: config errors, --cfg job
+    and --help return before torch is imported)."""
+    import resource
     import subprocess
+
+    def children_cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
     times: dict[str, list[float]] = {name: [] for name in CLI_COMMANDS}
+    cpu: dict[str, list[float]] = {name: [] for name in CLI_COMMANDS}
     codes: dict[str, int] = {}
     for r in range(repeats):
         for name, args in CLI_COMMANDS.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), children_cpu()
             res = subprocess.run([sys.executable, *args], capture_output=True, cwd=ROOT, env=env)
             times[name].append(time.perf_counter() - start)
+            cpu[name].append(children_cpu() - start_cpu)
             codes[name] = res.returncode
-            log(f"repeat {r + 1}/{repeats}: {name}: {times[name][-1]:.2f} s (exit {res.returncode})")
+            log(f"repeat {r + 1}/{repeats}: {name}: {times[name][-1]:.2f} s, {cpu[name][-1]:.2f} CPU s "
+                f"(exit {res.returncode})")
     medians = {name: statistics.median(t) for name, t in times.items()}
-    reference = medians[next(iter(CLI_COMMANDS))]
-    lines = ["| command | exit | median s | / import torch |", "|---|---:|---:|---:|"]
-    lines += [f"| {name} | {codes[name]} | {medians[name]:.2f} | {medians[name] / reference:.2f} |" for name in medians]
-    what = f"wall seconds of a fresh `{Path(sys.executable).name} ...` each, median of {repeats} interleaved repeats"
-    return "\n".join(lines) + "\n\n" + what, {"medians_s": medians, "times_s": times, "exit_codes": codes}
+    cpu_medians = {name: statistics.median(t) for name, t in cpu.items()}
+    first = next(iter(CLI_COMMANDS))
+    reference, cpu_reference = medians[first], cpu_medians[first]
+    lines = ["| command | exit | wall s | / import torch | CPU s | / import torch |", "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {name} | {codes[name]} | {medians[name]:.2f} | {medians[name] / reference:.2f} | "
+              f"{cpu_medians[name]:.2f} | {cpu_medians[name] / cpu_reference:.2f} |" for name in medians]
+    what = (f"a fresh `{Path(sys.executable).name} ...` each: wall seconds and CPU seconds (user + system), medians "
+            f"of {repeats} interleaved repeats")
+    return "\n".join(lines) + "\n\n" + what, {"medians_s": medians, "times_s": times, "cpu_medians_s": cpu_medians,
+                                               "cpu_s": cpu, "exit_codes": codes}
 
 
 # ------------------------------------------------------------------------------------------------ CLI
