@@ -23,7 +23,7 @@ from torch import nn
 from layerwise.errors import ConfigError
 from layerwise.models import Network, mlp
 from layerwise.rules.base import LearningRule, Signal, TrainGroup, evaluating, output_shapes
-from layerwise.rules.options.dgl import AUX_TYPES, AuxOptions, DglOptions  # noqa: F401  (their home: rules/options)
+from layerwise.rules.options.dgl import AUX_TYPES, AuxOptions, DglOptions  # noqa: F401  (re-exported; defined in rules/options)
 
 PAPER_MLP_LAYERS = 3  # Belilovsky et al.: 3 hidden Linear+BN+ReLU layers of width 4C
 PAPER_SR_LAYERS = 3   # MLP-SR-aux: 3 1x1 conv+BN+ReLU layers of width C before the 2x2 pool

@@ -20,7 +20,13 @@ from torch import nn
 from torch.nn.grad import conv2d_input, conv2d_weight
 
 from layerwise.errors import ConfigError
-from layerwise.rules.options.feedback import INITS, SCALE_WORDS, FeedbackOptions, check_init, check_scale  # noqa: F401
+from layerwise.rules.options.feedback import (  # noqa: F401  (re-exported; defined in rules/options)
+    INITS,
+    SCALE_WORDS,
+    FeedbackOptions,
+    check_init,
+    check_scale,
+)
 
 # The schemes of torch.nn.init; `default` is what nn.Linear / nn.Conv2d use for their own weight.
 _INIT_FNS = {
