@@ -5,6 +5,7 @@
     python scripts/benchmark.py --models vgg16 --methods bp,dgl --steps 3 --repeats 3 --json vgg16.json
     python scripts/benchmark.py --device cuda --models vgg16 --steps 50
     python scripts/benchmark.py --pipeline                        # + scripts/pipeline_benchmark.py's K=1 vs K=2
+    python scripts/benchmark.py --cli                             # the CLI's own latency (see cli_table)
 
 What is timed, in one process, with data already in memory (one synthetic batch of the dataset's shape reused,
 so no loader or augmentation is measured):
@@ -432,6 +433,55 @@ def pipeline_section(args) -> tuple[str, dict]:
         return msg, {"error": msg, "traceback": traceback.format_exc()}
 
 
+# ------------------------------------------------------------------------------------------------ --cli
+#: What `--cli` times, each a fresh `python ...` (first: the reference every other row is compared with).
+CLI_COMMANDS = {
+    "python -c 'import torch'": ["-c", "import torch"],
+    "main.py seed=-1 (config error)": [str(ROOT / "main.py"), "seed=-1"],
+    "main.py method=dgl method.aux.type=bogus": [str(ROOT / "main.py"), "method=dgl", "method.aux.type=bogus"],
+    "main.py model.activation=sign method=bp": [str(ROOT / "main.py"), "model.activation=sign", "method=bp"],
+    "main.py --cfg job": [str(ROOT / "main.py"), "--cfg", "job"],
+    "main.py --help": [str(ROOT / "main.py"), "--help"],
+}
+
+
+def cli_table(repeats: int, log) -> tuple[str, dict]:
+    """Wall and CPU seconds (user + system, steadier than wall on a shared machine) of each CLI_COMMANDS entry,
+    medians of `repeats` interleaved runs, and their ratios to `import torch` (DESIGN.md: config errors, --cfg job
+    and --help return before torch is imported)."""
+    import resource
+    import subprocess
+
+    def children_cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
+    times: dict[str, list[float]] = {name: [] for name in CLI_COMMANDS}
+    cpu: dict[str, list[float]] = {name: [] for name in CLI_COMMANDS}
+    codes: dict[str, int] = {}
+    for r in range(repeats):
+        for name, args in CLI_COMMANDS.items():
+            start, start_cpu = time.perf_counter(), children_cpu()
+            res = subprocess.run([sys.executable, *args], capture_output=True, cwd=ROOT, env=env)
+            times[name].append(time.perf_counter() - start)
+            cpu[name].append(children_cpu() - start_cpu)
+            codes[name] = res.returncode
+            log(f"repeat {r + 1}/{repeats}: {name}: {times[name][-1]:.2f} s, {cpu[name][-1]:.2f} CPU s "
+                f"(exit {res.returncode})")
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    cpu_medians = {name: statistics.median(t) for name, t in cpu.items()}
+    first = next(iter(CLI_COMMANDS))
+    reference, cpu_reference = medians[first], cpu_medians[first]
+    lines = ["| command | exit | wall s | / import torch | CPU s | / import torch |", "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {name} | {codes[name]} | {medians[name]:.2f} | {medians[name] / reference:.2f} | "
+              f"{cpu_medians[name]:.2f} | {cpu_medians[name] / cpu_reference:.2f} |" for name in medians]
+    what = (f"a fresh `{Path(sys.executable).name} ...` each: wall seconds and CPU seconds (user + system), medians "
+            f"of {repeats} interleaved repeats")
+    return "\n".join(lines) + "\n\n" + what, {"medians_s": medians, "times_s": times, "cpu_medians_s": cpu_medians,
+                                               "cpu_s": cpu, "exit_codes": codes}
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -452,6 +502,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pipeline", action="store_true", help="append scripts/pipeline_benchmark.py's K=1 vs K=2 table")
     p.add_argument("--pipeline-script", type=Path, default=PIPELINE_SCRIPT, help=argparse.SUPPRESS)  # for tests
     p.add_argument("--pipeline-stages", type=lambda s: [int(v) for v in csv(s)], default=[1, 2])
+    p.add_argument("--cli", action="store_true",
+                   help="time the CLI instead of training: import torch vs a config error vs --cfg job vs --help")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = p.parse_args(argv)
     if min(args.steps, args.repeats, args.warmup, args.batch_size) < 1:
@@ -473,6 +525,14 @@ def quiet_libraries() -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if args.cli:
+        text, data = cli_table(args.repeats, log)
+        print(text)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"cli": data}, indent=2))
+        return 0
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no CUDA device is visible; use --device cpu", file=sys.stderr)
@@ -480,7 +540,6 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     quiet_libraries()
-    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     log(f"device {device}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
         f"{args.warmup} warm-up + {args.steps} timed steps x {args.repeats} interleaved repeats")
     results = []

@@ -102,3 +102,76 @@ def test_help_and_cfg_job_compose_without_torch():
         assert res.returncode == 0, res.stderr[-2000:]
         imported = {line.rsplit("|", 1)[-1].strip() for line in res.stderr.splitlines() if line.startswith("import")}
         assert not {"torch", "lightning", "torchvision", "wandb"} & imported, args
+
+
+HEAVY = {"torch", "lightning", "torchvision", "wandb"}
+
+
+def test_a_config_error_returns_before_torch_lightning_or_wandb_are_imported(tmp_path):
+    """DESIGN.md's CLI contract: a config error returns before torch's import (seconds). A rule's option and the
+    zero-derivative refusal (which built the rule before), each through main.py (the CLI's path: runs/gate.py);
+    what is timed is scripts/benchmark.py --cli's."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, runpy\n"
+             "sys.argv = ['main.py', *sys.argv[1:]]\n"
+             "try:\n"
+             "    runpy.run_path(%r, run_name='__main__')\n"
+             "finally:\n"
+             "    print('HEAVY', sorted(m for m in sys.modules if m.split('.')[0] in %r), file=sys.stderr)\n"
+             % (str(ROOT / "main.py"), HEAVY))
+    cases = {("method=dgl", "method.aux.type=bogus"): "method.aux.type='bogus' is not known",
+             ("model.activation=sign", "method=bp"): "has zero derivative, so method=bp"}
+    for args, line in cases.items():
+        res = subprocess.run([sys.executable, "-c", probe, *args, f"paths.output_root={tmp_path}"], capture_output=True,
+                             text=True, timeout=120, cwd=ROOT)
+        assert res.returncode == 2, res.stderr[-2000:]
+        assert line in res.stderr and "Traceback" not in res.stderr, res.stderr[-2000:]
+        assert "HEAVY []" in res.stderr, res.stderr[-500:]
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()], "a single run with a bad config writes nothing"
+
+
+def test_the_options_registries_import_no_torch():
+    """The schema's lookups for layerwise's own rules, models and datasets (and --help's lists) are torch-free."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from layerwise.rules import options_class, rule_names\n"
+            "from layerwise.models import MODEL_OPTIONS, model_options\n"
+            "from layerwise.data import DATA_OPTIONS, DATASETS, data_options\n"
+            "for n in rule_names(): options_class({'name': n})\n"
+            "for a in MODEL_OPTIONS: model_options({'arch': a})\n"
+            "for d in DATASETS: data_options({'name': d})\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in %r))\n" % HEAVY)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr[-2000:]
+
+
+def test_the_torch_free_tables_match_the_code_they_stand_for():
+    """What the config check reads without torch (option classes, names) is what the rules, networks and loaders
+    use (Lightning's precisions and Trainer arguments: config/trainer_args.json, checked fresh in test_multinode)."""
+    from layerwise.data import DATASETS, LOADERS
+    from layerwise.models import ACTIVATION_NAMES, ACTIVATIONS
+    from layerwise.rules import options_class, package_rules, rule_class
+
+    assert sorted(DATASETS) == sorted(LOADERS)
+    assert tuple(ACTIVATIONS) == ACTIVATION_NAMES
+    for name in package_rules():
+        assert rule_class(name).Options is options_class({"name": name}), name
+
+
+def test_an_entry_point_rules_declared_options_are_read_without_importing_the_rule(monkeypatch):
+    """[project.entry-points."layerwise.rule_options"] (docs/extending.md): the options of an installed package's
+    rule, from a module of their own; the rule's module (here one that does not exist) is not imported."""
+    from importlib.metadata import EntryPoint
+
+    import layerwise.rules as rules
+    from layerwise.rules.options.dgl import DglOptions
+
+    points = {rules.ENTRY_POINT_GROUP: [EntryPoint("lab_rule", "no_such_lab.rules:Rule", rules.ENTRY_POINT_GROUP)],
+              rules.OPTIONS_ENTRY_POINT_GROUP: [EntryPoint("lab_rule", "layerwise.rules.options.dgl:DglOptions",
+                                                           rules.OPTIONS_ENTRY_POINT_GROUP)]}
+    monkeypatch.setattr(rules, "entry_points", lambda group: points.get(group, []))
+    assert rules.options_class({"name": "lab_rule"}) is DglOptions

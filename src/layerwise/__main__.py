@@ -1,11 +1,13 @@
 """`layerwise ...` / `python -m layerwise ...` (and the repository's main.py): legacy flags -> Hydra overrides,
-checks before Hydra starts, then `layerwise.runs.train.run(cfg)` on the composed config.
+checks before Hydra starts, the composed config's checks (layerwise.runs.gate, torch-free: a config error returns
+before torch, Lightning or wandb are imported), then `layerwise.runs.train.run(cfg)`.
 
 The configs are the package's `conf/` (in the repository a symlink to the top-level conf/, in the wheel real
 files), so the command works from any directory.
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -25,9 +27,13 @@ CONF_DIR = os.path.realpath(os.path.join(os.path.dirname(os.path.abspath(__file_
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def hydra_main(cfg: DictConfig):
+    from layerwise.runs.gate import config_is_valid, run_dir
+
+    if not config_is_valid(cfg, run_dir(cfg)):  # exits 2 for a single run; a sweep job is marked failed
+        return math.nan
     from layerwise.runs.train import run  # heavy imports (torch, lightning) only when a job runs
 
-    return run(cfg)
+    return run(cfg, config_checked=True)
 
 
 def main() -> None:

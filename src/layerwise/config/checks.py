@@ -1,7 +1,8 @@
 """Checks run before any data is loaded, so a typo costs seconds, not a queued GPU job.
 
 `check_config`: the typed schema (layerwise.config.schema: types, unknown keys, ranges, choices, cross-field rules of
-every group and rule, the `_target_` allowlist), then the checks that need the rule object or the machine.
+every group and rule, the `_target_` allowlist) and the zero-derivative activation check, all without torch (the CLI
+runs them before torch is imported); `check_device` (torch) asks the machine.
 """
 from __future__ import annotations
 
@@ -12,25 +13,32 @@ from layerwise.errors import ConfigError
 
 
 def check_config(cfg: DictConfig) -> None:
-    validate(cfg)
-    check_activation(cfg)
+    typed = validate(cfg)
+    check_activation(cfg, typed.method)
     check_device_loader_processes(cfg)
 
 
-def check_activation(cfg: DictConfig) -> None:
+def check_activation(cfg: DictConfig, options=None) -> None:
     """Refuse a zero-derivative activation (sign, step) with a rule that would backpropagate through it.
 
-    Only then is the rule built (cheap: it reads its options), since the answer can depend on them (DFA's
-    injection point).
+    `options`: the checked method options (validate's); the answer can depend on them (DFA's injection point). A
+    rule of layerwise's answers from them (`RuleOptions.zero_derivative_activations`), without being built; a
+    user's rule (its module already imported for its options) is built, so a `zero_derivative_activations` set
+    on its class counts.
     """
-    from layerwise.models import ZERO_DERIVATIVE_ACTIVATIONS
-    from layerwise.rules import build_rule
+    from layerwise.models.options import ZERO_DERIVATIVE_ACTIVATIONS
+    from layerwise.rules import build_rule, package_rules
 
     activation = cfg.model.get("activation")
     if activation not in ZERO_DERIVATIVE_ACTIVATIONS:
         return
-    rule = build_rule(cfg.method)
-    if rule.zero_derivative_activations == "refuse":
+    method = cfg.method
+    builtin = not method.get("_target_") and str(method.get("rule") or method.get("name")) in package_rules()
+    if builtin and options is not None and hasattr(options, "zero_derivative_activations"):
+        policy = options.zero_derivative_activations()
+    else:
+        policy = build_rule(method).zero_derivative_activations
+    if policy == "refuse":
         raise ConfigError(f"model.activation={activation} has zero derivative, so method={cfg.method.name} "
                           f"cannot train through it; use model.activation=relu, or method=dfa method.injection=pre")
 

@@ -210,7 +210,7 @@ class TrainerSchema:
         in_range(self, "memory_batches", 0, example=2)
         in_range(self, "images_every_n_epochs", 1, example=10)
         one_of(self, "strategy", ["auto", *START_METHODS])
-        from layerwise.core.acceleration import compile_mode
+        from layerwise.core.compile_modes import compile_mode
 
         compile_mode(self.compile)  # its own one-line ConfigError
         if not self.compile_backend:

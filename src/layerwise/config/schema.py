@@ -117,16 +117,17 @@ def _schema_for(container: dict) -> DictConfig:
         node = container.get(group)
         return node.get(name) if isinstance(node, dict) else None
 
-    from layerwise.data import data_options  # each group's options dataclasses live beside its code
-    from layerwise.models import model_options
-    from layerwise.rules import class_for
+    # Each group's options dataclasses, from torch-free modules (a user's `_target_` imports its own module).
+    from layerwise.data.options import data_options
+    from layerwise.models.options import model_options
+    from layerwise.rules import options_class
 
     def node(group: str) -> dict:
         return container.get(group) if isinstance(container.get(group), dict) else {}
 
     method = node("method")
     return _structured(data_options(node("data")), model_options(node("model")),
-                       class_for(method).Options,
+                       options_class(method),
                        optimizer_schema(node("optimizer")))
 
 

@@ -65,7 +65,7 @@ def check_optimized_metric(cfg, direction=None) -> str:
     `direction`: the sweeper's (maximize | minimize); None reads it from the running Hydra sweep, if any.
     Returns the metric's canonical name.
     """
-    from layerwise.data import check_val_fraction  # (torch, lightning: imported where a job runs anyway)
+    from layerwise.data.options import check_val_fraction
 
     name = metric_name(cfg)
     data = cfg.get("data") if hasattr(cfg, "get") else None

@@ -10,7 +10,8 @@ Hydra finds these classes through the `hydra_plugins.layerwise` package in every
 (sweep workers included). The nodes of layerwise's own rules, models and datasets are read from defaults.yaml,
 generated from the dataclasses (`python -m layerwise.config.source`; tests/test_layout.py fails, naming that
 command, when it differs from them): composing a config (`--help`, `--cfg job`) then imports no torch. A name it
-does not hold (a user's rule from an entry point, a rule added since) is derived by importing its module.
+does not hold (a user's rule from an entry point, a rule added since) is derived from its options dataclass
+(layerwise.rules.options_class: torch-free for layerwise's own rules).
 """
 from __future__ import annotations
 
@@ -35,9 +36,9 @@ def _rule_names() -> List[str]:
 
 
 def _rule_node(name: str) -> Dict[str, Any]:
-    from layerwise.rules import rule_class
+    from layerwise.rules import options_class
 
-    return options_node(rule_class(name).Options, name=name)
+    return options_node(options_class({"name": name}), name=name)
 
 
 def options_node(options: type, **values: Any) -> Dict[str, Any]:
@@ -55,7 +56,7 @@ def _shared_node(name: str) -> Dict[str, Any]:
         from layerwise.models import ModelOptions
 
         return options_node(ModelOptions)
-    from layerwise.data.datasets import DataOptions
+    from layerwise.data.options import DataOptions
 
     return options_node(DataOptions)
 
@@ -73,15 +74,13 @@ def _arch_node(arch: str) -> Dict[str, Any]:
 
 
 def _datasets() -> List[str]:
-    import layerwise.data.extra  # noqa: F401  (registers its sets)
-    from layerwise.data.datasets import LOADERS
+    from layerwise.data.options import DATASETS
 
-    return list(LOADERS)
+    return list(DATASETS)
 
 
 def _dataset_node(name: str) -> Dict[str, Any]:
-    import layerwise.data.extra  # noqa: F401
-    from layerwise.data.datasets import DATA_OPTIONS, DataOptions
+    from layerwise.data.options import DATA_OPTIONS, DataOptions
 
     return options_node(DATA_OPTIONS.get(name, DataOptions), name=name)
 

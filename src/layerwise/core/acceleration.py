@@ -18,10 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from layerwise.errors import ConfigError
+from layerwise.core.compile_modes import COMPILE_MODES, compile_mode  # noqa: F401  (re-exported)
 
-#: torch.compile modes (`trainer.compile=<mode>`); `true` is "default".
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 #: Graphs one compiled module may need before dynamo gives up on it (see compile_in_place).
 GRAPHS_PER_UNIT = 6
 
@@ -85,18 +83,6 @@ def to_channels_last(batch):
 
 
 # ----------------------------------------------------------------- torch.compile
-def compile_mode(value) -> str | None:
-    """`trainer.compile` as a torch.compile mode, or None for off."""
-    if value is None or value is False or (isinstance(value, str) and value.lower() in ("false", "off", "none", "")):
-        return None
-    if value is True or (isinstance(value, str) and value.lower() == "true"):
-        return "default"
-    if isinstance(value, str) and value in COMPILE_MODES:
-        return value
-    raise ConfigError(f"trainer.compile={value!r} is not known; use false, true or a torch.compile mode: "
-                      f"{', '.join(COMPILE_MODES)}")
-
-
 def compile_units(net: nn.Module, rule: nn.Module) -> list[nn.Module]:
     """What is compiled: each block, the head, and each of the rule's own modules (aux heads, synthesizers, ...).
 

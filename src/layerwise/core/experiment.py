@@ -1,13 +1,11 @@
 """Data module, network, rule and LightningModule from a config: what the trainer and the pipeline both build."""
 from __future__ import annotations
 
-import hashlib
-import json
-
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from layerwise.core.layout import config_hash  # noqa: F401  (re-exported)
 from layerwise.core.module import LayerwiseModule
 from layerwise.core.resources import check_network_fits
 from layerwise.data import ImageDataModule
@@ -54,10 +52,3 @@ def build_experiment(cfg: DictConfig):
                              compile=cfg.trainer.get("compile", False),
                              compile_backend=str(cfg.trainer.get("compile_backend", "inductor")))
     return datamodule, module
-
-
-def config_hash(cfg: DictConfig) -> str:
-    """A fingerprint of what a run trains (not where it writes or whether it resumes), kept in summary.json."""
-    job = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in ("resume", "paths", "debug",
-                                                                                           "overwrite")}
-    return hashlib.sha1(json.dumps(job, sort_keys=True, default=str).encode()).hexdigest()[:16]

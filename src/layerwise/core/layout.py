@@ -1,8 +1,13 @@
-"""Where a run's files are, known without torch (the entry point's checks use it before anything heavy loads)."""
+"""Where a run's files are and which run they hold, known without torch (the entry point's checks use it before
+anything heavy loads)."""
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
 
 
 @dataclass(frozen=True)
@@ -14,3 +19,10 @@ class ResumeTarget:
 def run_dir_of(checkpoint: Path) -> Path:
     """The run directory a checkpoint belongs to (`<run>/checkpoints/x.ckpt`), else the file's own directory."""
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """A fingerprint of what a run trains (not where it writes or whether it resumes), kept in summary.json."""
+    job = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in ("resume", "paths", "debug",
+                                                                                           "overwrite")}
+    return hashlib.sha1(json.dumps(job, sort_keys=True, default=str).encode()).hexdigest()[:16]

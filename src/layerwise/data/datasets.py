@@ -6,15 +6,14 @@ Offline sets: `digits` (scikit-learn's bundled 8x8 digits) and `synthetic` (proc
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar, Optional
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from loguru import logger
-from omegaconf import MISSING
 from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -34,9 +33,21 @@ from layerwise.data.checks import (
     npz_images,
     npz_labels,
 )
+from layerwise.data.options import (  # noqa: F401  (re-exported; defined in data/options.py)
+    DATA_LOADERS,
+    DATA_OPTIONS,
+    DATASETS,
+    NORMALIZATIONS,
+    TORCHVISION_SETS,
+    AugmentOptions,
+    DataOptions,
+    NpzOptions,
+    SyntheticOptions,
+    data_options,
+)
 from layerwise.errors import ConfigError, DataError
 from layerwise.models import InputSpec
-from layerwise.options import check_seed, import_object, in_range, one_of
+from layerwise.options import import_object
 
 
 @dataclass
@@ -185,15 +196,6 @@ def load_npz_sets(cfg):
     return _tensor_sets(x_train, y_train, x_test, y_test, num_classes=int(y_train.max()) + 1)
 
 
-# torchvision datasets: class name, per-channel stats, native size, channels, classes, folder for errors.
-TORCHVISION_SETS = {
-    "cifar10": ("CIFAR10", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 32, 3, 10, "cifar-10-batches-py"),
-    "cifar100": ("CIFAR100", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 32, 3, 100, "cifar-100-python"),
-    "mnist": ("MNIST", (0.1307,), (0.3081,), 28, 1, 10, "MNIST/raw"),
-    "fashion_mnist": ("FashionMNIST", (0.2860,), (0.3530,), 28, 1, 10, "FashionMNIST/raw"),
-    # KMNIST (Clanuwat et al. 2018): MNIST's idx format; mean/std of its 60,000 training images as commonly used.
-    "kmnist": ("KMNIST", (0.1918,), (0.3483,), 28, 1, 10, "KMNIST/raw"),
-}
 
 
 def load_torchvision_sets(cfg):
@@ -321,95 +323,6 @@ def _decode_steps(cfg, info: DataInfo, size: int) -> list:
     return steps
 
 
-# ------------------------------------------------------------------------------------------------ options
-
-@dataclass
-class AugmentOptions:
-    PATH: ClassVar[str] = "data.augment"
-    random_crop: bool = True
-    crop_padding: int = 4
-    horizontal_flip: bool = True
-    random_erasing: bool = False
-    erasing_p: float = 0.5
-    random_resized_crop: bool = False
-    resized_crop_min_scale: float = 0.35
-
-    def __post_init__(self) -> None:
-        in_range(self, "crop_padding", 0, example=4)
-        in_range(self, "erasing_p", 0, 1, example=0.5)
-        in_range(self, "resized_crop_min_scale", 0, 1, low_open=True, example=0.35)
-
-
-NORMALIZATIONS = ("minus_one_one", "gaussian", "none")
-DATA_LOADERS = ("standard", "device")
-
-
-@dataclass
-class DataOptions:
-    PATH: ClassVar[str] = "data"
-    name: str = MISSING
-    _target_: Optional[str] = None   # a loader of the user's (cfg -> train set, test set, DataInfo), by import path
-    root: str = "${oc.env:DATA_DIR,./data}"
-    download: bool = True
-    batch_size: int = 128
-    num_workers: Optional[int] = None
-    subset_train: Optional[int] = None
-    subset_test: Optional[int] = None
-    image_size: Optional[int] = None
-    channels: int = 3
-    seed: int = 0
-    val_fraction: float = 0.0
-    normalize: str = "minus_one_one"
-    loader: str = "standard"
-    augment: AugmentOptions = field(default_factory=AugmentOptions)
-
-    def __post_init__(self) -> None:
-        if self._target_ is None:
-            one_of(self, "name", sorted(LOADERS))
-        in_range(self, "batch_size", 1, example=128)
-        in_range(self, "num_workers", 0, example=4)
-        in_range(self, "subset_train", 1, example=1000)
-        in_range(self, "subset_test", 1, example=1000)
-        in_range(self, "image_size", 1, example=32)
-        one_of(self, "channels", (1, 3))
-        check_seed(self, "seed")
-        in_range(self, "val_fraction", 0, 1, high_open=True, example=0.1,
-                 what="the fraction of the training set held out for validation; 0 = off")
-        one_of(self, "normalize", NORMALIZATIONS)
-        one_of(self, "loader", DATA_LOADERS)
-
-
-@dataclass
-class SyntheticOptions(DataOptions):
-    num_classes: int = 10
-    n_train: int = 1024
-    n_test: int = 256
-    noise: float = 0.1
-    max_shift: int = 2
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        in_range(self, "num_classes", 2, example=10)
-        in_range(self, "n_train", 1, example=1024)
-        in_range(self, "n_test", 1, example=256)
-        in_range(self, "noise", 0, example=0.1)
-        in_range(self, "max_shift", 0, example=2)
-
-
-@dataclass
-class NpzOptions(DataOptions):
-    path: str = MISSING
-
-
-#: data.name -> the options of that dataset where it has keys of its own (the others: DataOptions).
-DATA_OPTIONS: dict[str, type[DataOptions]] = {"synthetic": SyntheticOptions, "npz": NpzOptions}
-
-
-def data_options(cfg) -> type[DataOptions]:
-    """The options dataclass of a data config: its loader's `Options` for a `_target_`, else its dataset's."""
-    if cfg.get("_target_"):
-        return getattr(import_object(cfg["_target_"], "data._target_"), "Options", DataOptions)
-    return DATA_OPTIONS.get(cfg.get("name"), DataOptions)
 
 
 def loader_of(cfg) -> Callable:

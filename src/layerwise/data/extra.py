@@ -2,7 +2,7 @@
 
 Each loader reads the files in the format their publishers distribute (the layout torchvision downloads to,
 where torchvision has the set) and returns (train, test, DataInfo) like the loaders in data.py; importing this
-module (data.py does, at its end) registers them in data.LOADERS. KMNIST, in MNIST's format, is one of data.py's
+module (data/module.py does) registers them in datasets.LOADERS. KMNIST, in MNIST's format, is one of data.py's
 TORCHVISION_SETS. Missing files give one line naming the files and where they go.
 
 SVHN and STL-10 are read here rather than through torchvision's classes because those verify an MD5 of every
@@ -16,13 +16,11 @@ loaded training arrays, as no per-channel values are published with it.
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from loguru import logger
-from omegaconf import MISSING
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -30,14 +28,13 @@ from torchvision.transforms import v2
 from layerwise.data.checks import check_class_sets, class_folders, expect_folder
 from layerwise.data.datasets import (
     CROP_PIPELINES,
-    DATA_OPTIONS,
     LOADERS,
     STREAMED_SETS,
     DataInfo,
-    DataOptions,
     _image_folder,
     check_readable,
 )
+from layerwise.data.options import FolderOptions  # noqa: F401  (re-exported; defined in data/options.py)
 from layerwise.errors import ConfigError, DataError
 
 # Per-channel (mean, std) of pixels in [0, 1].
@@ -315,9 +312,3 @@ STREAMED_SETS.update({"imagenet", "imagenette"})
 CROP_PIPELINES.update({"imagenet": imagenet_transform_steps, "imagenette": imagenet_transform_steps})
 
 
-@dataclass
-class FolderOptions(DataOptions):
-    folder: str = MISSING  # the dataset's sub-folder of data.root (imagenet, imagenette, imagenet32)
-
-
-DATA_OPTIONS.update(dict.fromkeys(("imagenet", "imagenette", "imagenet32"), FolderOptions))

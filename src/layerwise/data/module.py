@@ -13,6 +13,7 @@ from loguru import logger
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision.transforms import v2
 
+import layerwise.data.extra  # noqa: F401  (registers svhn, stl10, imagenet, imagenette, imagenet32 in LOADERS)
 from layerwise.data.datasets import (
     CROP_PIPELINES,
     LOADERS,
@@ -23,6 +24,7 @@ from layerwise.data.datasets import (
     loader_of,
 )
 from layerwise.data.device_loader import LOADER_KINDS, DeviceImages, DeviceLoader, check_device_loader
+from layerwise.data.options import check_val_fraction  # noqa: F401  (re-exported)
 from layerwise.data.sampling import WORKER_SEEDS, EpochSampler, SeededSamples, mix_seed
 from layerwise.errors import ConfigError
 
@@ -68,17 +70,6 @@ def _with_transform(ds: Dataset, transform) -> Dataset:
 
 # ------------------------------------------------------------------------------------------ validation split
 VAL_SEED_OFFSET = 2  # generator seed of the split = data.seed + 2 (subset_train uses data.seed, subset_test + 1)
-
-
-def check_val_fraction(cfg) -> float:
-    """`data.val_fraction` as a float in [0, 1) (null or absent: 0 = no validation split)."""
-    value = cfg.get("val_fraction") if hasattr(cfg, "get") else None
-    if value is None:
-        return 0.0
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise ConfigError(f"data.val_fraction={value!r} is out of range; it must be a number in [0, 1), e.g. "
-                          f"data.val_fraction=0.1 holds out 10% of the training set for validation (0 = off)")
-    return float(value)
 
 
 def _labels(ds: Dataset) -> np.ndarray | None:

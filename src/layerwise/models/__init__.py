@@ -1,103 +1,47 @@
 """Networks as blocks + head: `build_network(cfg.model, spec)` builds the one `model.arch` names.
 
-network.py: the `Network` container, layers, activations and the grouping of layers into blocks; MLP, BasicCNN,
-LeNet-5 and the CIFAR VGGs. resnets.py: CIFAR ResNets (He et al.) and torchvision's ResNet-18/34/50.
+options.py: every architecture's options (`MODEL_OPTIONS`, `model_options`), torch-free; network.py: the `Network`
+container, layers, activations and the grouping of layers into blocks; MLP, BasicCNN, LeNet-5 and the CIFAR VGGs.
+resnets.py: CIFAR ResNets (He et al.) and torchvision's ResNet-18/34/50; build.py: `build_network`.
+
+Importing this package imports no torch: the names below that need it load their module on first use (PEP 562),
+so the CLI's config checks read the options without torch.
 """
 from __future__ import annotations
 
-from torch import nn
+import importlib
 
-from layerwise.errors import ConfigError
-from layerwise.models.network import (
-    ACTIVATIONS,
+from layerwise.models.options import (
+    ACTIVATION_NAMES,
+    ARCHES,
+    MODEL_OPTIONS,
+    RESNET_ARCHES,
     VGG_PLANS,
     ZERO_DERIVATIVE_ACTIVATIONS,
     ConvOptions,
-    InputSpec,
-    LayerGroup,
     LenetOptions,
     MlpOptions,
     ModelOptions,
-    Network,
-    Sign,
-    Step,
-    _activation,
-    conv_layers,
-    flat_layers,
-    group_layers,
-    is_activation,
-    lenet_layers,
-    mlp,
-    regroup,
-    split_head,
+    ResNetOptions,
+    model_options,
 )
-from layerwise.models.resnets import RESNET_ARCHES, ResNetOptions, resnet_network
-from layerwise.options import import_object
 
-#: model.arch -> the options of that architecture (the VGGs have no keys of their own).
-MODEL_OPTIONS: dict[str, type[ModelOptions]] = {"mlp": MlpOptions, "basic_cnn": ConvOptions, "lenet": LenetOptions,
-                                                **dict.fromkeys(VGG_PLANS, ModelOptions),
-                                                **dict.fromkeys(RESNET_ARCHES, ResNetOptions)}
-ARCHES = list(MODEL_OPTIONS)
+#: name -> the module (torch) that defines it, imported when the name is first read.
+_LAZY = {**dict.fromkeys(("ACTIVATIONS", "InputSpec", "LayerGroup", "Network", "Sign", "Step", "_activation",
+                          "conv_layers", "flat_layers", "group_layers", "is_activation", "lenet_layers", "mlp",
+                          "regroup", "split_head"), "network"),
+         "resnet_network": "resnets", "build_network": "build"}
 
 
-def model_options(cfg) -> type[ModelOptions]:
-    """The options dataclass of a model config: its builder's `Options` for a `_target_`, else its arch's."""
-    if cfg.get("_target_"):
-        return getattr(import_object(cfg["_target_"], "model._target_"), "Options", ModelOptions)
-    arch = cfg.get("arch")
-    if arch not in MODEL_OPTIONS:
-        raise ConfigError(f"model.arch={arch!r} is not known; choose one of {', '.join(ARCHES)}")
-    return MODEL_OPTIONS[arch]
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def build_network(cfg, spec: InputSpec) -> Network:
-    """Build the network named by `cfg.arch` (or the user's builder `cfg._target_`) for inputs described by `spec`."""
-    if cfg.get("_target_"):
-        return import_object(cfg._target_, "model._target_")(cfg, spec)
-    arch = cfg.arch
-    if arch in RESNET_ARCHES:
-        return resnet_network(cfg, spec)
-    if arch == "lenet":
-        layers, channels, side = lenet_layers(cfg, spec)
-        head = mlp(channels * side * side, cfg.head_hidden, spec.num_classes, cfg.dropout, cfg.activation)
-        return Network(group_layers(layers, cfg.blocks), head)
-    if arch == "mlp":
-        layers, dim = [], spec.channels * spec.size * spec.size
-        for i, width in enumerate(cfg.widths):
-            seq: list[nn.Module] = [nn.Flatten()] if i == 0 else []
-            seq.append(nn.Linear(dim, int(width)))
-            if cfg.batch_norm:
-                seq.append(nn.BatchNorm1d(int(width)))
-            seq.append(_activation(cfg.activation))
-            layers.append(nn.Sequential(*seq))
-            dim = int(width)
-        if not layers:
-            raise ConfigError("model.widths must list at least one hidden width for arch=mlp")
-        head = mlp(dim, cfg.head_hidden, spec.num_classes, cfg.dropout, cfg.activation)
-        return Network(group_layers(layers, cfg.blocks), head)
-
-    if arch == "basic_cnn":
-        plan: list = []
-        for c in cfg.channels:
-            plan += [c, "M"]
-    elif arch in VGG_PLANS:
-        plan = VGG_PLANS[arch]
-    else:
-        raise ConfigError(
-            f"model.arch={arch!r} is not known; choose mlp, basic_cnn, lenet or one of "
-            f"{sorted(VGG_PLANS) + sorted(RESNET_ARCHES)}")
-    layers, channels, pools = conv_layers(plan, spec.channels, cfg)
-    side = spec.size // (2 ** pools)
-    if side < 1:
-        raise ConfigError(
-            f"model {cfg.name} pools {pools} times, too often for {spec.size}px inputs; "
-            f"use data.image_size >= {2 ** pools}")
-    head = mlp(channels * side * side, cfg.head_hidden, spec.num_classes, cfg.dropout, cfg.activation)
-    return Network(group_layers(layers, cfg.blocks), head)
-
-
-__all__ = ["ACTIVATIONS", "ARCHES", "MODEL_OPTIONS", "ModelOptions", "model_options", "VGG_PLANS",
+__all__ = ["ACTIVATIONS", "ACTIVATION_NAMES", "ARCHES", "MODEL_OPTIONS", "ModelOptions", "model_options", "VGG_PLANS",
            "ZERO_DERIVATIVE_ACTIVATIONS", "InputSpec", "LayerGroup", "Network", "Sign", "Step", "build_network",
            "conv_layers", "flat_layers", "group_layers", "is_activation", "lenet_layers", "mlp", "regroup",
-           "split_head"]
+           "split_head", "ConvOptions", "LenetOptions", "MlpOptions", "ResNetOptions", "RESNET_ARCHES"]

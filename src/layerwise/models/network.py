@@ -6,28 +6,23 @@ learning rule trains locally. The head maps the last block's output to logits.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 import torch
-from omegaconf import MISSING
 from torch import nn
 
 from layerwise.errors import ConfigError
-from layerwise.options import in_range, items_in_range, number_or, one_of
-
-# Channel plans of the CIFAR VGGs ("M" = 2x2 max-pool).
-VGG_PLANS: dict[str, list] = {
-    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
-    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
-              512, 512, 512, 512, "M"],
-    # VGG11's convs with only the first three pools: a 4x4 map on 32x32 input, followed by an MLP.
-    "vgg11c": [64, "M", 128, "M", 256, 256, "M", 512, 512, 512, 512],
-    # Nøkland & Eidnes (2019)'s VGG8b convs: 2x2x512 on 32x32 input, followed by an MLP of 1024.
-    "vgg8b": [128, 256, "M", 256, 512, "M", 512, "M", 512, "M"],
-}
+from layerwise.models.options import (  # noqa: F401  (re-exported; defined in models/options.py)
+    ACTIVATION_NAMES,
+    PADDING_MODES,
+    VGG_PLANS,
+    ZERO_DERIVATIVE_ACTIVATIONS,
+    ConvOptions,
+    LenetOptions,
+    MlpOptions,
+    ModelOptions,
+)
 
 
 @dataclass(frozen=True)
@@ -75,8 +70,6 @@ class Step(nn.Module):
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "elu": nn.ELU,
                                            "sign": Sign, "step": Step}
-#: Activations whose derivative is zero: only a rule that skips f' (DFA with pre-activation injection) trains them.
-ZERO_DERIVATIVE_ACTIVATIONS = ("sign", "step")
 
 
 def _activation(name: str) -> nn.Module:
@@ -226,67 +219,3 @@ def lenet_layers(cfg, spec: InputSpec) -> tuple[list[nn.Module], int, int]:
     return layers, c2, side
 
 
-# ------------------------------------------------------------------------------------------------ options
-
-PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
-
-
-@dataclass
-class ModelOptions:
-    PATH: ClassVar[str] = "model"
-    name: str = MISSING
-    arch: str = MISSING
-    _target_: Optional[str] = None   # a network builder of the user's ((cfg, InputSpec) -> Network), by import path
-    dropout: float = 0.0
-    padding_mode: str = "zeros"
-    batch_norm: bool = True
-    activation: str = "relu"
-    kernel_size: int = 3
-    width_mult: float = 1.0
-    head_hidden: List[int] = field(default_factory=list)
-    # null = one block per layer | K groups | a list of group sizes
-    blocks: Any = None
-
-    def __post_init__(self) -> None:
-        in_range(self, "dropout", 0, 1, high_open=True, example=0.2)
-        one_of(self, "padding_mode", PADDING_MODES)
-        one_of(self, "activation", ACTIVATIONS)
-        in_range(self, "kernel_size", 1, example=3)
-        in_range(self, "width_mult", 0, low_open=True, example=0.5)
-        items_in_range(self, "head_hidden", 1, example="[256]")
-        blocks = self.blocks
-        if blocks is None or (isinstance(blocks, int) and not isinstance(blocks, bool) and blocks >= 1):
-            return
-        if isinstance(blocks, (list, tuple)) and blocks and all(
-                isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in blocks):
-            return
-        raise ConfigError(f"model.blocks={blocks!r} must be null (one block per layer), a number of blocks >= 1 "
-                          f"or a list of group sizes >= 1, e.g. model.blocks=[2,2,4]")
-
-
-@dataclass
-class MlpOptions(ModelOptions):
-    widths: List[int] = field(default_factory=lambda: [256, 256, 256])
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        items_in_range(self, "widths", 1, min_length=1, example="[256,256]")
-
-
-@dataclass
-class ConvOptions(ModelOptions):
-    channels: List[int] = field(default_factory=lambda: [128, 128, 128])
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        items_in_range(self, "channels", 1, min_length=1, example="[32,32,32]")
-
-
-@dataclass
-class LenetOptions(ConvOptions):
-    first_padding: Any = "auto"   # auto | an int
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        items_in_range(self, "channels", 1, length=2, example="[6,16]")
-        number_or(self, "first_padding", ["auto"], low=0, example=2)

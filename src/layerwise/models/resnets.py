@@ -12,24 +12,22 @@ how an int K is grouped:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from layerwise.errors import ConfigError
-from layerwise.models.network import ModelOptions, Network, _activation, _scaled, group_layers, mlp
-from layerwise.options import one_of
-
-#: CIFAR ResNets of He et al. 2016, section 4.2: depth = 6n + 2.
-CIFAR_DEPTHS = {"resnet20": 20, "resnet32": 32, "resnet44": 44, "resnet56": 56, "resnet110": 110}
-#: torchvision's ImageNet ResNets: (block kind, blocks per stage).
-TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50")
-RESNET_ARCHES = (*CIFAR_DEPTHS, *TORCHVISION_RESNETS)
-SPLITS = ("even", "flops", "memory", "infopro")
-SHORTCUTS = ("A", "B")
-STEMS = ("cifar", "imagenet")
+from layerwise.models.network import Network, _activation, _scaled, group_layers, mlp
+from layerwise.models.options import (  # noqa: F401  (re-exported; defined in models/options.py)
+    CIFAR_DEPTHS,
+    RESNET_ARCHES,
+    SHORTCUTS,
+    SPLITS,
+    STEMS,
+    TORCHVISION_RESNETS,
+    ResNetOptions,
+    check_split,
+)
 
 #: Wang et al. 2021's module ends: the module closes after block b of stage s (stage 0 = the stem; blocks
 #: counted from 0). The K-th module always ends at the network's last block.
@@ -158,14 +156,6 @@ def split_sizes(cfg, layers: list[nn.Module], spec):
     return balanced_sizes(costs, blocks)
 
 
-def check_split(split: str, blocks) -> None:
-    """A split other than `even` divides a number of modules: it needs model.blocks=K."""
-    if split != "even" and (not isinstance(blocks, int) or isinstance(blocks, bool)):
-        shown = "null" if blocks is None else list(blocks)
-        raise ConfigError(f"model.split={split} needs model.blocks=K (a number of modules), got "
-                          f"model.blocks={shown}; set e.g. model.blocks=4, or model.split=even")
-
-
 def infopro_sizes(arch: str, k: int) -> list[int]:
     table = INFOPRO_ENDS.get(arch)
     if table is None or (k not in table and k != 1):
@@ -234,15 +224,3 @@ def balanced_sizes(costs: list[float], k: int) -> list[int]:
     return sizes[::-1]
 
 
-@dataclass
-class ResNetOptions(ModelOptions):
-    split: str = "even"      # even | flops | memory | infopro: how model.blocks=K groups the residual blocks
-    shortcut: str = "A"      # CIFAR ResNets: A = zero-padded identity (He et al.'s CIFAR choice) | B = 1x1 projection
-    stem: str = "cifar"      # torchvision ResNets: cifar = 3x3/1 conv, no max-pool | imagenet = 7x7/2 + max-pool
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        one_of(self, "split", SPLITS)
-        check_split(self.split, self.blocks)
-        one_of(self, "shortcut", SHORTCUTS)
-        one_of(self, "stem", STEMS)

@@ -1,10 +1,13 @@
-"""Learning rules, one file each: the rule's class and its options dataclass (`Options`), beside each other.
+"""Learning rules, one file each: the rule's class, with its options dataclass (`Options`) imported from
+rules/options/<name>.py, where it is defined without torch (the CLI checks a config before torch is imported).
 
 A rule's name is its module's name (rules/dgl.py holds method=dgl). Rules are found without a list to edit:
 - every module of this package but the shared parts below;
 - installed packages' entry points in the group `layerwise.rules` (`myrule = "mylab.rules:MyRule"`);
 - `method._target_=mylab.rules.MyRule`: any importable LearningRule subclass, by its path.
-`rule_names()` lists them without importing a rule (the CLI's --help); `rule_class` imports one.
+`rule_names()` lists them without importing a rule (the CLI's --help); `rule_class` imports one; `options_class`
+finds a config's options dataclass, importing no torch for layerwise's own rules (nor for an installed package's
+rule whose options it declares in the entry-point group `layerwise.rule_options`).
 """
 from __future__ import annotations
 
@@ -19,11 +22,13 @@ from layerwise.options import import_object
 #: pre-pool hooks of predsim and ssl.
 SHARED_MODULES = ("base", "feedback", "pre_pool")
 ENTRY_POINT_GROUP = "layerwise.rules"
+#: An installed package's rule's options, by the rule's name, when they live apart from its (torch) module.
+OPTIONS_ENTRY_POINT_GROUP = "layerwise.rule_options"
 
 
 def package_rules() -> list[str]:
     return [m.name for m in pkgutil.iter_modules(__path__) if m.name not in SHARED_MODULES
-            and not m.name.startswith("_")]
+            and not m.name.startswith("_") and not m.ispkg]  # not rules/options/
 
 
 def _entry_points() -> dict:
@@ -73,8 +78,29 @@ def class_for(cfg):
     return rule_class(str(cfg.get("rule") or cfg.get("name")))
 
 
+def options_class(cfg) -> type:
+    """The options dataclass a method config is checked against (what `class_for(cfg).Options` is), importing the
+    rule's module only where its options live nowhere else: a `_target_`, an entry point's rule without a
+    `layerwise.rule_options` entry, a rule of this package without a module in rules/options/."""
+    if cfg.get("_target_"):
+        return class_for(cfg).Options
+    name = str(cfg.get("rule") or cfg.get("name"))
+    if name in package_rules():
+        module_name = f"{__name__}.options.{name}"
+        try:
+            return importlib.import_module(module_name).Options
+        except ModuleNotFoundError as err:
+            if err.name != module_name:
+                raise
+        return rule_class(name).Options
+    declared = {ep.name: ep for ep in entry_points(group=OPTIONS_ENTRY_POINT_GROUP)}
+    if name in declared and name in _entry_points():
+        return declared[name].load()
+    return rule_class(name).Options
+
+
 def build_rule(cfg):
     return class_for(cfg)(cfg)
 
 
-__all__ = ["build_rule", "class_for", "import_rule", "rule_class", "rule_names"]
+__all__ = ["build_rule", "class_for", "import_rule", "options_class", "rule_class", "rule_names"]

@@ -19,27 +19,15 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import ClassVar, Optional
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from omegaconf import MISSING
 from torch import nn
 
 from layerwise.models import Network
 from layerwise.options import checked_options
-
-
-@dataclass
-class RuleOptions:
-    """The options every rule has. A rule's own options subclass this, in the rule's file: their defaults are the
-    config node `method=<name>` (conf/method/<name>.yaml only holds what a preset changes), their `__post_init__`
-    checks run before any data is loaded and again when a rule is built from code."""
-
-    PATH: ClassVar[str] = "method"
-    name: str = MISSING
-    rule: Optional[str] = None      # the rule whose code runs, when a preset reuses another's (cdni, random_features)
-    _target_: Optional[str] = None  # a rule class outside layerwise, by import path (mylab.rules.MyRule)
+from layerwise.rules.options.base import RuleOptions
 
 
 @dataclass

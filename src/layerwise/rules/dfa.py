@@ -34,8 +34,7 @@ It lives in the network's hook dict and the rule looks it up from the network in
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from loguru import logger
@@ -44,50 +43,9 @@ from torch.nn.grad import conv2d_input
 
 from layerwise.errors import ConfigError
 from layerwise.models import Network, Sign, Step, is_activation, split_head
-from layerwise.options import one_of
-from layerwise.rules.base import LearningRule, RuleOptions, Signal, TrainGroup, output_shapes
-from layerwise.rules.feedback import FeedbackOptions, check_scale, random_feedback
-
-INJECTIONS = ("post", "pre")
-FEEDBACK_SHAPES = ("dense", "conv_shared")
-
-
-def check_shape(shape: str, injection: str) -> str:
-    if shape not in FEEDBACK_SHAPES:
-        raise ConfigError(f"method.feedback.shape={shape!r} is not known; choose one of {', '.join(FEEDBACK_SHAPES)}")
-    if shape == "conv_shared" and injection != "post":
-        raise ConfigError("method.feedback.shape=conv_shared feeds the next conv's input, i.e. the block output; "
-                          "use method.injection=post (or method.feedback.shape=dense)")
-    return shape
-
-
-@dataclass
-class DfaFeedbackOptions(FeedbackOptions):
-    # dense: one row of B_i per element of the block output (classes x size) | conv_shared (biotorch): where the
-    # next layer is a conv, B_i is a (classes x C x k x k) kernel with that conv's geometry, applied to e broadcast
-    # over its output map (the same weights at every position); dense where the next layer is a Linear
-    shape: str = "dense"
-    # multiplies B_i, i.e. the blocks' step size (the head's is optimizer.lr). 1.0 makes the default relu MLP (no
-    # batch norm) diverge at lr 0.05 on digits: B ignores the layers above, so nothing stops hidden activations
-    # from growing. 0.3 is stable there and as good as 1.0 on BasicCNN (batch norm).
-    scale: Any = 0.3
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        one_of(self, "shape", FEEDBACK_SHAPES)
-
-
-@dataclass
-class DfaOptions(RuleOptions):
-    # post: B_i e is the gradient of the block output (paper; f' applies) | pre: the gradient of the last
-    # activation's input, skipping f', so model.activation=sign|step can learn
-    injection: str = "post"
-    feedback: DfaFeedbackOptions = field(default_factory=DfaFeedbackOptions)
-
-    def __post_init__(self) -> None:
-        one_of(self, "injection", INJECTIONS)
-        check_scale(self.feedback.scale, "dfa")
-        check_shape(self.feedback.shape, self.injection)
+from layerwise.rules.base import LearningRule, Signal, TrainGroup, output_shapes
+from layerwise.rules.feedback import check_scale, random_feedback
+from layerwise.rules.options.dfa import FEEDBACK_SHAPES, INJECTIONS, DfaFeedbackOptions, DfaOptions, check_shape  # noqa: F401  (re-exported; defined in rules/options)
 
 
 @dataclass(frozen=True)
@@ -168,7 +126,7 @@ class DirectFeedbackAlignment(LearningRule):
         self.scale = check_scale(feedback.scale, "dfa")
         self.shape = str(feedback.shape)
         self.geometry: list[ConvGeometry | None] = []
-        self.zero_derivative_activations = "train" if self.injection == "pre" else "warn"
+        self.zero_derivative_activations = DfaOptions(injection=self.injection).zero_derivative_activations()
         self.moved = 0
         self._taps: list[PreActivation] = []
         self._targets: dict[int, torch.Tensor] = {}

@@ -10,29 +10,19 @@ unchanged. Layers are converted in place in `setup` (see `layerwise.rules.feedba
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
 
 from torch import nn
 
 from layerwise.models import Network
-from layerwise.rules.base import LearningRule, RuleOptions
+from layerwise.rules.base import LearningRule
 from layerwise.rules.feedback import (
-    FeedbackOptions,
     FixedFeedback,
     check_scale,
     convert_layers,
     last_linear,
     random_feedback,
 )
-
-
-@dataclass
-class FaOptions(RuleOptions):
-    feedback: FeedbackOptions = field(default_factory=FeedbackOptions)
-    exact_last: bool = False   # keep the output layer's backward exact (true gradient to the penultimate layer)
-
-    def __post_init__(self) -> None:
-        check_scale(self.feedback.scale, "fa")
+from layerwise.rules.options.fa import FaOptions  # noqa: F401  (re-exported; defined in rules/options)
 
 
 class FeedbackAlignment(LearningRule):

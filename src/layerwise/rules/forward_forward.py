@@ -36,21 +36,16 @@ no gradient; `train/loss` reports the mean block loss.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from layerwise.errors import ConfigError
 from layerwise.models import Network
-from layerwise.options import in_range, one_of
-from layerwise.rules.base import LearningRule, RuleOptions, Signal, TrainGroup, output_shapes
+from layerwise.rules.base import LearningRule, Signal, TrainGroup, output_shapes
+from layerwise.rules.options.forward_forward import LOSS_REDUCTIONS, NORMALIZATIONS, ForwardForwardOptions  # noqa: F401  (re-exported; defined in rules/options)
 
 EPS = 1e-8
-LOSS_REDUCTIONS = ("mean", "sum_halves")
-NORMALIZATIONS = ("rms", "unit")
 
 
 def overlay(x: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -87,34 +82,6 @@ def ff_loss(g_pos: torch.Tensor, g_neg: torch.Tensor, threshold: float, reductio
 def peer_loss(running: torch.Tensor) -> torch.Tensor:
     """mean_j (mean(a) - a_j)^2 over the units' running mean activities a."""
     return (running.mean() - running).pow(2).mean()
-
-
-@dataclass
-class ForwardForwardOptions(RuleOptions):
-    """The defaults are the reference implementation's (loeweX/Forward-Forward); the form this project used before:
-    method.loss_reduction=sum_halves method.normalize=unit method.threshold=5 method.peer_normalization=0.
-    Train it with Adam, e.g. optimizer=adam optimizer.lr=0.005 optimizer.scheduler.name=none (digits, 3x256 MLP,
-    8 epochs: 88.3%; the former form wants lr 0.02: 86.1%; the default SGD stays near chance)."""
-
-    threshold: Any = "units"    # theta in p(positive) = sigmoid(goodness - theta): a number, or units (the width D)
-    score_from: int = 0         # prediction sums goodness over blocks >= this (Hinton skipped the first: 1)
-    # mean: BCE averaged over the 2N positive and negative rows (reference) | sum_halves: mean over positives +
-    # mean over negatives (2x mean, doubling the step)
-    loss_reduction: str = "mean"
-    normalize: str = "rms"      # a block's input divided by its RMS, length sqrt(D) (reference) | unit: length 1
-    peer_normalization: float = 0.03   # weight of the peer-normalisation loss (running mean activities equal); 0 off
-    peer_momentum: float = 0.9          # momentum of those running means
-
-    def __post_init__(self) -> None:
-        if self.threshold != "units" and (isinstance(self.threshold, bool)
-                                          or not isinstance(self.threshold, (int, float))):
-            raise ConfigError(f"method.threshold={self.threshold!r} must be a number or units (the block's width), "
-                              "e.g. method.threshold=units")
-        in_range(self, "score_from", 0, example=1)
-        one_of(self, "loss_reduction", LOSS_REDUCTIONS)
-        one_of(self, "normalize", NORMALIZATIONS)
-        in_range(self, "peer_normalization", 0, example=0.03, what="the reference uses 0.03")
-        in_range(self, "peer_momentum", 0, 1, high_open=True, example=0.9)
 
 
 class ForwardForward(LearningRule):

@@ -32,7 +32,6 @@ Details follow the paper's code (github.com/anokland/local-loss):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -40,11 +39,10 @@ from torch import nn
 
 from layerwise.errors import ConfigError
 from layerwise.models import Network
-from layerwise.options import in_range, one_of
-from layerwise.rules.base import LearningRule, RuleOptions, Signal, TrainGroup, output_shapes
+from layerwise.rules.base import LearningRule, Signal, TrainGroup, output_shapes
+from layerwise.rules.options.predsim import LOSSES, PredSimOptions  # noqa: F401  (re-exported; defined in rules/options)
 from layerwise.rules.pre_pool import PrePoolMaps
 
-LOSSES = ("pred", "sim", "predsim")
 
 def similarity_matrix(x: torch.Tensor) -> torch.Tensor:
     """Adjusted cosine similarity (B, B) between the rows of x: (B, D), or (B, C, H, W) feature maps."""
@@ -107,22 +105,6 @@ class LocalLoss(nn.Module):
     def sim_loss(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         target = similarity_matrix(F.one_hot(y, self.num_classes).to(h.dtype)).detach()
         return F.mse_loss(similarity_matrix(self.projection(h)), target)
-
-
-@dataclass
-class PredSimOptions(RuleOptions):
-    loss: str = "predsim"         # pred (linear classifier CE) | sim (similarity matching MSE) | predsim (both)
-    beta: float = 0.99            # predsim only: weight of the sim loss; pred gets 1 - beta (paper: 0.99)
-    dim_in_decoder: int = 2048    # pred: average-pool the block output until at most this many features remain
-    # losses read a conv layer's map before its max-pool (paper: the pool is a layer of its own); the block
-    # still passes the pooled map on. false: losses on the pooled output
-    loss_before_pool: bool = True
-    zero_init_head: bool = False  # the network head's output Linear starts at zero (the paper's code)
-
-    def __post_init__(self) -> None:
-        one_of(self, "loss", LOSSES)
-        in_range(self, "beta", 0, 1, example=0.99, what="the weight of the sim loss")
-        in_range(self, "dim_in_decoder", 1, example=2048)
 
 
 class LocalErrorSignals(LearningRule):

@@ -11,28 +11,11 @@ M is drawn like W's init (`feedback.init`); `feedback.scale` (null = 1) multipli
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from torch import nn
 
-from layerwise.options import one_of
-from layerwise.rules.fa import FaOptions, FeedbackAlignment
-from layerwise.rules.feedback import FeedbackOptions, SignFeedback, SignMagnitudeFeedback, check_scale, init_std
-
-VARIANTS = ("usf", "brsf", "frsf")
-
-
-@dataclass
-class SignSymmetryOptions(FaOptions):
-    variant: str = "usf"   # usf: sign(W)*scale | brsf: |M| redrawn every batch | frsf: |M| drawn once
-    # usf: null | rms = the RMS of the current W (||B|| = ||W||) | init_std = the std of the layer's init scheme
-    # (feedback.init), fixed (biotorch's uSF) | a number; brsf/frsf: a multiplier (null = 1). M is drawn with
-    # feedback.init.
-    feedback: FeedbackOptions = field(default_factory=lambda: FeedbackOptions(scale=None))
-
-    def __post_init__(self) -> None:
-        one_of(self, "variant", VARIANTS)
-        check_scale(self.feedback.scale, "sign_symmetry", self.variant)
+from layerwise.rules.fa import FeedbackAlignment
+from layerwise.rules.feedback import SignFeedback, SignMagnitudeFeedback, check_scale, init_std
+from layerwise.rules.options.sign_symmetry import VARIANTS, SignSymmetryOptions  # noqa: F401  (re-exported; defined in rules/options)
 
 
 class SignSymmetry(FeedbackAlignment):

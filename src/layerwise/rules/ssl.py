@@ -14,7 +14,6 @@ around, which only a circularly padded network can see: other padding gets a war
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -24,12 +23,10 @@ from torchvision.utils import make_grid
 
 from layerwise.errors import ConfigError
 from layerwise.models import Network
-from layerwise.options import in_range, one_of
 from layerwise.rules.base import Signal, output_shapes
-from layerwise.rules.dgl import DecoupledGreedy, DglOptions
+from layerwise.rules.dgl import DecoupledGreedy
+from layerwise.rules.options.ssl import UPSAMPLING, SslOptions  # noqa: F401  (re-exported; defined in rules/options)
 from layerwise.rules.pre_pool import PrePoolMaps
-
-UPSAMPLING = ("none", "bilinear", "transposed")
 
 
 def shift_schedule(first_kernel: int, image_size: int, n: int) -> list[int]:
@@ -38,31 +35,6 @@ def shift_schedule(first_kernel: int, image_size: int, n: int) -> list[int]:
     if n == 1:
         return [start]
     return [round(start + (end - start) * j / (n - 1)) for j in range(n)]
-
-
-@dataclass
-class SslOptions(DglOptions):
-    """Extends dgl's options (aux, first_trainable_block); direct_global does not apply."""
-
-    pred_weight: float = 0.5             # weight of the aux classifier's cross-entropy (--pred_loss_weight)
-    ssl_weight: float = 0.5              # weight of the reconstruction L1 loss (--ssl_loss_weight)
-    ssl_only: bool = False               # no label signal in conv blocks; the head trains on detached features
-    # roll block j's target by a shift rising from the first kernel size to half the image size
-    # (--shift_ssl_labels); use with model.padding_mode=circular
-    shift: bool = False
-    upsample: str = "none"               # none (decode at the block's resolution) | bilinear | transposed
-    decoder_before_pool: bool = False    # the decoder reads the block's map before its pool; the aux the pooled one
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.direct_global:
-            raise ConfigError("method=ssl cannot use direct_global (it mixes the head's error into aux classifier "
-                              "outputs only); set method.direct_global=false or use method=dgl")
-        one_of(self, "upsample", UPSAMPLING)
-        in_range(self, "pred_weight", 0, 1, example=0.5)
-        in_range(self, "ssl_weight", 0, 1, example=0.5)
-        if not self.ssl_only and self.ssl_weight == 0:
-            raise ConfigError("method.ssl_weight=0 turns reconstruction off; use method=dgl (or set ssl_weight > 0)")
 
 
 class Decoder(nn.Module):

@@ -75,6 +75,12 @@ def read_summary(run_dir: Path) -> dict | None:
         return None
 
 
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def interrupted_run(run_dir: Path) -> Path | None:
     """The checkpoint to continue from when `run_dir` holds an interrupted run, else None."""
     status = (read_summary(run_dir) or {}).get("status")

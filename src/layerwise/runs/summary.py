@@ -1,8 +1,6 @@
 """summary.json: one file per run, written atomically at the end and when a run stops early."""
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 
@@ -13,12 +11,7 @@ from loguru import logger
 
 from layerwise.core.guard import DivergedError
 from layerwise.core.preemption import Interrupted
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+from layerwise.runs.resume import write_json_atomic  # noqa: F401  (re-exported: summary.json's writer, torch-free)
 
 
 def _value(metrics: dict, key: str):

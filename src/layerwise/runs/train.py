@@ -28,19 +28,15 @@ from layerwise.diagnostics.probes import build_diagnostics
 from layerwise.errors import ConfigError, LayerwiseError
 from layerwise.hydra_job import is_multirun, process_rank
 from layerwise.parallel.distributed import build_strategy, use_sync_batchnorm
-from layerwise.runlog import redact, setup_console
+from layerwise.runlog import setup_console
 from layerwise.runs.csv_continue import ContinuedCSVLogger
+from layerwise.runs.gate import config_is_valid, identity_summary, mark_failed
+from layerwise.runs.gate import run_dir as job_run_dir
 from layerwise.runs.progress import EpochProgressBar
-from layerwise.runs.resume import MULTIRUN_FIX, interrupted_run, read_summary, resolve
+from layerwise.runs.resume import MULTIRUN_FIX, interrupted_run, read_summary, resolve, write_json_atomic
 from layerwise.runs.rundir import DeferredRunLog, RunDirLock, clear_run, describe, holds_run, save_job_config
-from layerwise.runs.summary import EpochLine, SummaryCallback, write_json_atomic
+from layerwise.runs.summary import EpochLine, SummaryCallback
 from layerwise.runs.wandb_setup import build_wandb_logger, finish_wandb
-
-
-def _run_dir(cfg: DictConfig) -> Path:
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
-    return Path(cfg.paths.output_root) / str(cfg.name)
 
 
 def _wandb_group_and_tags(cfg: DictConfig) -> tuple[str | None, list[str]]:
@@ -203,16 +199,17 @@ def fit(cfg: DictConfig, run_dir: Path, resume: ResumeTarget | None = None,
     return result
 
 
-def run(cfg: DictConfig) -> float | None:
+def run(cfg: DictConfig, config_checked: bool = False) -> float | None:
     """Hydra task: train one configuration; returns its `optimized_metric` (test/acc by default) to sweepers.
+    `config_checked`: the entry point already ran the torch-free config checks (layerwise.runs.gate).
 
     Nothing is written into the run directory until it is this run's: a new directory, this run's own
     interrupted run, a checked `resume=`, or `overwrite=true`. A refusal leaves an existing directory as it was;
     an error in a directory this run owns leaves summary.json saying `failed` (compare.py then lists it so).
     """
     setup_console()
-    run_dir = _run_dir(cfg)
-    if not _config_is_valid(cfg, run_dir):
+    run_dir = job_run_dir(cfg)
+    if not _config_is_valid(cfg, run_dir, config_checked):
         return math.nan
     run_dir.mkdir(parents=True, exist_ok=True)
     writer = process_rank() == 0  # DDP workers share rank 0's run dir, lock and logs
@@ -254,13 +251,13 @@ def run(cfg: DictConfig) -> float | None:
         # A user's mistake: one line, no traceback, unless debug=true asks for where it was raised.
         logger.opt(exception=err if cfg.get("debug") is True else None).error(f"{err}")
         if owned:
-            _mark_failed(cfg, run_dir, str(err))
+            mark_failed(cfg, run_dir, str(err))
         if not is_multirun():
             sys.exit(2)
         return math.nan
     except Exception as err:
         if owned:
-            _mark_failed(cfg, run_dir, f"{type(err).__name__}: {err}")
+            mark_failed(cfg, run_dir, f"{type(err).__name__}: {err}")
         if not is_multirun():
             raise
         # One job's crash must not cost a sweep the other jobs' results: the job is marked failed (traceback in
@@ -275,22 +272,13 @@ def run(cfg: DictConfig) -> float | None:
             lock.release()
 
 
-def _config_is_valid(cfg: DictConfig, run_dir: Path) -> bool:
-    """The config checks, before anything is written: a single run with a bad config leaves no run directory
-    (exit 2). A sweep job's directory already exists (Hydra made it): the job is marked failed there, so the sweep
-    report lists it, unless the directory holds a run (then it is left as it was)."""
-    try:
-        check_config(cfg)
-        check_device(cfg.trainer)
-        check_optimized_metric(cfg)
-        return True
-    except LayerwiseError as err:
-        logger.opt(exception=err if cfg.get("debug") is True else None).error(f"{err}")
-        if not is_multirun():
-            sys.exit(2)
-        if process_rank() == 0 and not holds_run(run_dir):
-            _mark_failed(cfg, run_dir, str(err))
-        return False
+def _config_is_valid(cfg: DictConfig, run_dir: Path, checked: bool = False) -> bool:
+    """The config checks (layerwise.runs.gate), before anything is written; `checked`: the entry point ran the
+    torch-free ones already, only the machine's (check_device) remain."""
+    def device(job: DictConfig) -> None:
+        check_device(job.trainer)
+
+    return config_is_valid(cfg, run_dir, (device,) if checked else (check_config, check_optimized_metric, device))
 
 
 def _completed_sweep_job(cfg: DictConfig, run_dir: Path) -> dict | None:
@@ -366,31 +354,7 @@ def _report_interrupted(cfg: DictConfig, run_dir: Path, err: Interrupted, stop: 
     else:
         saved, resume = "no checkpoint was written", None
     if process_rank() == 0:
-        summary = read_summary(run_dir) or _identity_summary(cfg)
+        summary = read_summary(run_dir) or identity_summary(cfg)
         write_json_atomic(run_dir / "summary.json", {**summary, "status": "interrupted", "signal": str(err),
                                                      "resume": resume})
     logger.warning(f"interrupted by {err}: {saved}" + (f"; continue with: {resume}" if resume else ""))
-
-
-def _identity_summary(cfg: DictConfig) -> dict:
-    """What summary.json says of a run that stopped before training wrote one."""
-    return {"name": str(cfg.get("name")), "method": str(OmegaConf.select(cfg, "method.name")),
-            "model": str(OmegaConf.select(cfg, "model.name")), "data": str(OmegaConf.select(cfg, "data.name")),
-            "seed": cfg.get("seed"), "config_hash": _safe_config_hash(cfg)}
-
-
-def _safe_config_hash(cfg: DictConfig) -> str | None:
-    try:
-        return config_hash(cfg)
-    except Exception:  # noqa: BLE001 - an unresolvable config (the error being reported) has no hash
-        return None
-
-
-def _mark_failed(cfg: DictConfig, run_dir: Path, error: str) -> None:
-    """summary.json says failed and why (it may already exist if training started)."""
-    if process_rank() != 0:
-        return
-    data = read_summary(run_dir) or _identity_summary(cfg)
-    status = "diverged" if data.get("status") == "diverged" else "failed"  # keep the guard's status
-    write_json_atomic(run_dir / "summary.json",
-                      {**data, "status": status, "error": redact(error.splitlines()[0]) if error else ""})
