@@ -341,3 +341,20 @@ def test_best_score_survives_a_resume_through_another_spelling_of_the_run_dir(tm
     assert after.state_key == before.state_key and after.state_key.startswith("ModelCheckpoint{")
     after.load_state_dict(before.state_dict())
     assert after.best_model_score == pytest.approx(0.297)
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    ([], "4070d834014f913a"),
+    (["method=dgl", "data=digits", "model=mlp"], "46e807ab726c32f7"),
+    (["method=dfa", "model=resnet20"], "36a137109b9864d2"),
+])
+def test_config_hashes_survive_new_options_left_unset(overrides, expected):
+    """The hashes of configs made before callbacks, logger.extra and allowed_targets existed: an
+    interrupted run from then is still recognised as this run (and continued). A new key whose default changes
+    these must be added to layout.UNSET_IS_ABSENT (or NOT_TRAINED), or the change said in the release notes."""
+    from layerwise.config.checks import check_config
+    from layerwise.core.layout import config_hash
+
+    cfg = compose_cfg(overrides)
+    check_config(cfg)
+    assert config_hash(cfg) == expected
