@@ -85,56 +85,65 @@ def run_cli(args: list[str], out_root: Path, env: dict | None = None, timeout: i
                           capture_output=True, text=True, timeout=timeout, **popen)
 
 
+def fork_main(args: list[str], out_root: Path, env: dict, stdout: int, stderr: int, clear_env: bool = True) -> int:
+    """Fork a process that runs `python main.py <args>` as the interpreter would (exit code, traceback), with its
+    streams on the file descriptors `stdout` / `stderr` and `env` on top of this environment (instead of it, with
+    `clear_env`); its pid. Torch, Lightning and Hydra are imported here once, not in every child."""
+    import runpy
+    import traceback
+
+    import layerwise.runs.train  # noqa: F401 - torch and Lightning, here once rather than in every child
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1  # the child: never returns into pytest
+    try:
+        os.dup2(stdout, 1)
+        os.dup2(stderr, 2)
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+        if clear_env:
+            os.environ.clear()
+        os.environ.update({"LAYERWISE_OUTPUT_ROOT": str(out_root), **env})
+        os.chdir(out_root)
+        from loguru import logger
+
+        import layerwise.runlog
+
+        logger.remove()  # the console sink this process set up writes to pytest's capture, not to fd 2
+        layerwise.runlog._console_sink = None
+        sys.argv = [str(ROOT / "main.py"), *args]
+        try:
+            runpy.run_path(str(ROOT / "main.py"), run_name="__main__")
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+            if isinstance(exit_.code, str):
+                print(exit_.code, file=sys.stderr)
+        except BaseException:  # noqa: BLE001 - as the interpreter would: traceback, exit 1
+            traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
 def run_cli_forked(args: list[str], out_root: Path, env: dict | None = None, timeout: int = 300):
     """run_cli for command lines that stop at a configuration or data error: main.py runs in a fork of this
     process, which has torch, Lightning and Hydra imported already (a fresh interpreter spends ~8-10 s on them).
     Same exit code, stdout and stderr as the real command; what the imports themselves do is left to the tests
     that use run_cli."""
-    import runpy
     import signal
     import tempfile
     import time
-    import traceback
 
-    import layerwise.runs.train  # noqa: F401 - torch and Lightning, here once rather than in every child
-
-    full_env = {**os.environ, "LAYERWISE_OUTPUT_ROOT": str(out_root), **(env or {})}
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:  # the child: never returns into pytest
-            code = 1
-            try:
-                os.dup2(out.fileno(), 1)
-                os.dup2(err.fileno(), 2)
-                sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
-                sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
-                os.environ.clear()
-                os.environ.update(full_env)
-                os.chdir(out_root)
-                from loguru import logger
-
-                import layerwise.runlog
-
-                logger.remove()  # the console sink this process set up writes to pytest's capture, not to fd 2
-                layerwise.runlog._console_sink = None
-                sys.argv = [str(ROOT / "main.py"), *args]
-                try:
-                    runpy.run_path(str(ROOT / "main.py"), run_name="__main__")
-                    code = 0
-                except SystemExit as exit_:
-                    code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-                    if isinstance(exit_.code, str):
-                        print(exit_.code, file=sys.stderr)
-                except BaseException:  # noqa: BLE001 - as the interpreter would: traceback, exit 1
-                    traceback.print_exc()
-            finally:
-                try:
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                finally:
-                    os._exit(code)
+        pid = fork_main(args, out_root, {**os.environ, **(env or {})}, out.fileno(), err.fileno())
         deadline = time.time() + timeout
         while True:
             done, status = os.waitpid(pid, os.WNOHANG)

@@ -3,14 +3,13 @@
 In-process cases cover each problem; the CLI cases run representatives through main.py (exit 2, one ERROR line,
 no traceback, nothing trained: no checkpoint, no metrics).
 """
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import compose_cfg, run_cli
+from conftest import compose_cfg, run_cli_forked
 from layerwise.data import ImageDataModule
 from layerwise.errors import DataError
 
@@ -179,11 +178,10 @@ def _assert_refused_through_the_cli(tmp_path: Path, names: list[str]):
         out = tmp_path / name.replace(" ", "_")
         out.mkdir()
         args = cases[name][0]
-        return out, run_cli([*args, "data.image_size=8" if "image_folder" in args[0] else "data.batch_size=4",
-                             "model=mlp", "model.widths=[8]", "trainer.accelerator=cpu", "logger=none"], out)
+        return out, run_cli_forked([*args, "data.image_size=8" if "image_folder" in args[0] else "data.batch_size=4",
+                                    "model=mlp", "model.widths=[8]", "trainer.accelerator=cpu", "logger=none"], out)
 
-    with ThreadPoolExecutor(max_workers=3) as pool:  # each process mostly waits on its imports
-        results = dict(zip(names, pool.map(run, names)))
+    results = {name: run(name) for name in names}  # forks of this process: no imports to wait on
     for name, (out, res) in results.items():
         message = cases[name][1]
         assert res.returncode == 2, (name, res.stderr[-2000:])

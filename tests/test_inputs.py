@@ -12,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import ROOT, TINY, compose_cfg, run_cli
+from conftest import ROOT, TINY, compose_cfg, run_cli, run_cli_forked
 from layerwise.config.schema import _schema_for, validate
 from layerwise.config.values import check_run_name, check_values
 from layerwise.core.resources import memory_errors
@@ -147,7 +147,7 @@ def test_bad_values_through_the_cli_exit_2_with_one_line_and_no_run_dir(tmp_path
 
 def test_a_network_too_large_for_memory_is_refused_before_allocation(tmp_path):
     """768 x 1e11 weights (307 TB): built on the meta device, never allocated."""
-    res = run_cli([*MLP, "model.widths=[100000000000]"], tmp_path, timeout=180)
+    res = run_cli_forked([*MLP, "model.widths=[100000000000]"], tmp_path, timeout=180)
     assert res.returncode == 2, res.stderr[-2000:]
     errors = [line for line in res.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "Traceback" not in res.stderr
@@ -164,7 +164,7 @@ def test_a_network_too_large_for_memory_is_refused_before_allocation(tmp_path):
 
 def test_an_allocation_that_fails_names_its_size_and_settings(tmp_path):
     """image_size=1e7: the data's 12 PB allocation fails at once on any machine (beyond the address space)."""
-    res = run_cli([*MLP, "data.image_size=10000000"], tmp_path, timeout=180)
+    res = run_cli_forked([*MLP, "data.image_size=10000000"], tmp_path, timeout=180)
     assert res.returncode == 2, res.stderr[-2000:]
     assert "Traceback" not in res.stderr and len([line for line in res.stderr.splitlines() if "ERROR" in line]) == 1
     assert "out of memory while loading the data and building the network: an allocation of" in res.stderr

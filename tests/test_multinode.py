@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, compose_cfg, fit_cfg, read_summary, run_dirs
+from conftest import ROOT, compose_cfg, fit_cfg, fork_main, read_summary, run_dirs
 from layerwise.config.checks import check_config
 from layerwise.config.groups import TRAINER_KEYS
 from layerwise.config.trainer_args import REFUSED, check_trainer_args, force_add_trainer_args
@@ -40,45 +40,13 @@ def _free_port() -> int:
 
 def _start_node(args: list[str], env: dict, out_root: Path, log: Path) -> int:
     """Fork a process that runs `python main.py <args>` with `env` (both streams into `log`); its pid."""
-    import runpy
-    import traceback
-
-    import layerwise.runs.train  # noqa: F401 - torch and Lightning, imported before the fork rather than in it
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid:
-        return pid
-    code = 1
+    ranks = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
+    node_env = {**{k: v for k, v in os.environ.items() if k not in ranks}, **env}
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
-        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
-        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
-        for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
-            os.environ.pop(key, None)
-        os.environ.update({"LAYERWISE_OUTPUT_ROOT": str(out_root), **env})
-        os.chdir(out_root)
-        from loguru import logger
-
-        import layerwise.runlog
-
-        logger.remove()
-        layerwise.runlog._console_sink = None
-        sys.argv = [str(ROOT / "main.py"), *args]
-        try:
-            runpy.run_path(str(ROOT / "main.py"), run_name="__main__")
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-        except BaseException:  # noqa: BLE001 - as the interpreter would: traceback, exit 1
-            traceback.print_exc()
+        return fork_main(args, out_root, node_env, fd, fd)
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        os.close(fd)
 
 
 def _wait(pids: list[int], timeout: float) -> list[int]:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, compose_cfg, run_cli
+from conftest import TINY, compose_cfg, run_cli_forked
 from layerwise.data import ImageDataModule
 from layerwise.data import module as data_module
 from layerwise.errors import DataError
@@ -183,7 +183,7 @@ def test_bad_data_is_one_clear_line_through_the_cli(case, tmp_path):
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     try:
-        res = run_cli([*make_args(data_dir), "trainer.accelerator=cpu", "logger=none"], tmp_path)
+        res = run_cli_forked([*make_args(data_dir), "trainer.accelerator=cpu", "logger=none"], tmp_path)
     finally:
         (data_dir / "locked").exists() and (data_dir / "locked").chmod(0o700)
     assert res.returncode == 2, res.stderr[-2000:]

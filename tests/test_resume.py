@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, compose_cfg, fit_cfg, run_cli
+from conftest import ROOT, compose_cfg, fit_cfg, run_cli, run_cli_forked
 
 # Three batches per epoch, two epochs; dropout and augmentation draw random numbers, step-LR changes the rate.
 BASE = ["data=synthetic", "data.n_train=96", "data.n_test=32", "data.batch_size=32", "data.image_size=16",
@@ -263,7 +263,7 @@ BAD_RESUME = {
 def test_bad_resume_input_exits_with_one_clear_line(case, finished_run, tmp_path):
     build, message = BAD_RESUME[case]
     args = [*TINY_MLP, *build(finished_run, tmp_path)]
-    res = run_cli(args, tmp_path, timeout=180)
+    res = run_cli_forked(args, tmp_path, timeout=180)
     assert res.returncode == 2, res.stderr[-2000:]
     assert message in res.stderr, res.stderr[-2000:]
     assert "Traceback" not in res.stderr

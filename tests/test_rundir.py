@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, read_summary, run_cli
+from conftest import ROOT, read_summary, run_cli, run_cli_forked
 
 TINY_MLP = ["data=synthetic", "data.n_train=64", "data.n_test=32", "data.batch_size=32", "data.image_size=8",
             "model=mlp", "model.widths=[16]", "model.head_hidden=[]", "trainer.accelerator=cpu",
@@ -94,7 +94,7 @@ def test_refusal_leaves_the_run_directory_byte_for_byte(case, completed, tmp_pat
     build, message = REFUSED[case]
     args = build(run)
     before = snapshot(run)
-    res = run_cli([*TINY_MLP, *args], tmp_path, timeout=180)
+    res = run_cli_forked([*TINY_MLP, *args], tmp_path, timeout=180)
     assert res.returncode == 2, res.stderr[-2000:]
     assert message in res.stderr, res.stderr[-2000:]
     assert "Traceback" not in res.stderr
@@ -178,9 +178,9 @@ def test_overwrite_true_replaces_a_run_explicitly(completed, tmp_path):
 
 def test_error_after_the_run_dir_exists_writes_a_failed_summary(tmp_path):
     """Missing CIFAR offline (and any other error once the run dir exists): status failed, not 'running'."""
-    res = run_cli(["data=cifar10", f"data.root={tmp_path / 'no_data'}", "data.download=false", "model=mlp",
+    res = run_cli_forked(["data=cifar10", f"data.root={tmp_path / 'no_data'}", "data.download=false", "model=mlp",
                    "model.widths=[16]", "trainer.accelerator=cpu", "logger=csv", "trainer.progress_bar=false"],
-                  tmp_path, timeout=180)
+                         tmp_path, timeout=180)
     assert res.returncode == 2, res.stderr[-2000:]
     assert "Traceback" not in res.stderr
     (summary,) = tmp_path.rglob("summary.json")
