@@ -56,14 +56,6 @@ def field_comments(cls: type) -> dict[str, str]:
     return out
 
 
-def _bounds(low, high, low_open: bool, high_open: bool) -> str:
-    if high is None:
-        return f"{'>' if low_open else '>='} {low}"
-    if low is None:
-        return f"{'<' if high_open else '<='} {high}"
-    return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-
-
 def _words(values) -> str:
     return " | ".join(str(v).lower() if isinstance(v, bool) else str(v) for v in values)
 
@@ -71,6 +63,8 @@ def _words(values) -> str:
 def field_checks(cls: type) -> dict[str, str]:
     """What each field's `__post_init__` check allows, read from its calls of layerwise.options' checks
     (`one_of`, `in_range`, `items_in_range`, `number_or`): the choices and ranges the schema enforces."""
+    from layerwise.options import bounds_words
+
     out: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
         method = klass.__dict__.get("__post_init__")
@@ -102,11 +96,11 @@ def field_checks(cls: type) -> dict[str, str]:
                         if "high" in keywords else None
                     opened = {k: bool(value(keywords[k])) if k in keywords else False
                               for k in ("low_open", "high_open")}
-                    text = _bounds(low, high, opened["low_open"], opened["high_open"])
+                    text = bounds_words(low, high, opened["low_open"], opened["high_open"])
                     out[name] = f"each item {text}" if kind == "items_in_range" else text
                 elif kind == "number_or":
                     low = value(keywords["low"]) if "low" in keywords else None
-                    out[name] = f"a number{'' if low is None else ' ' + _bounds(low, None, False, False)}, or " \
+                    out[name] = f"a number{'' if low is None else ' ' + bounds_words(low, None, False, False)}, or " \
                                 + _words(value(call.args[2]))
             except Exception:  # noqa: BLE001 - a check written another way: no note rather than a wrong one
                 continue
@@ -219,9 +213,9 @@ def group_options(group: str) -> list[str]:
 
 
 def _rule_section(name: str, base: type) -> list[str]:
-    from layerwise.rules import rule_class
+    from layerwise.rules import options_class
 
-    options = rule_class(name).Options
+    options = options_class({"name": name})  # the rule's options module: no torch for the manual's build
     page = ROOT / "docs" / "rules" / f"{name}.md"
     link = f" ([{name}](rules/{name}.md))" if page.is_file() else ""
     out = [f"### `method={name}`{link}", ""]
@@ -240,7 +234,7 @@ def reference_markdown() -> str:
     from layerwise.data import DATA_OPTIONS, DataOptions
     from layerwise.models import MODEL_OPTIONS, ModelOptions
     from layerwise.rules import rule_names
-    from layerwise.rules.base import RuleOptions
+    from layerwise.rules.options.base import RuleOptions
 
     groups_of_root = frozenset(f.name for f in dataclasses.fields(RootSchema) if f.name in {
         "data", "model", "method", "optimizer", "trainer", "logger", "diagnostics"})

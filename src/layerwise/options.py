@@ -30,7 +30,7 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _bounds(low, high, low_open: bool, high_open: bool) -> str:
+def bounds_words(low, high, low_open: bool, high_open: bool) -> str:
     if high is None:
         return f"{'>' if low_open else '>='} {low}"
     if low is None:
@@ -50,8 +50,8 @@ def in_range(obj: Any, name: str, low=None, high=None, *, low_open: bool = False
     if too_low or too_high:
         hint = f" ({what})" if what else ""
         fix = f", e.g. {path}={example}" if example is not None else ""
-        raise ConfigError(f"{path}={shown(value)} is out of range; it must be {_bounds(low, high, low_open, high_open)}"
-                          f"{hint}{fix}")
+        bounds = bounds_words(low, high, low_open, high_open)
+        raise ConfigError(f"{path}={shown(value)} is out of range; it must be {bounds}{hint}{fix}")
 
 
 def items_in_range(obj: Any, name: str, low=None, high=None, *, length: int | None = None, min_length: int = 0,
@@ -69,7 +69,7 @@ def items_in_range(obj: Any, name: str, low=None, high=None, *, length: int | No
     bad = [v for v in values if (low is not None and v < low) or (high is not None and v > high)]
     if bad:
         raise ConfigError(f"{path}={list(values)} is out of range; every item must be "
-                          f"{_bounds(low, high, False, False)}{fix}")
+                          f"{bounds_words(low, high, False, False)}{fix}")
 
 
 def one_of(obj: Any, name: str, choices: Iterable) -> None:

@@ -10,8 +10,6 @@ Importing this package imports no torch: the names below that need it load their
 """
 from __future__ import annotations
 
-import importlib
-
 from layerwise.data.options import (
     DATA_OPTIONS,
     DATASETS,
@@ -20,6 +18,7 @@ from layerwise.data.options import (
     check_val_fraction,
     data_options,
 )
+from layerwise.lazy import lazy_names
 
 #: name -> the module (torch) that defines it, imported when the name is first read; LOADERS from extra.py, which
 #: registers its sets in it.
@@ -27,12 +26,7 @@ _LAZY = {"LOADERS": "extra", "DataInfo": "datasets", "TensorImages": "datasets",
          "build_transform": "module", "split_indices": "module"}
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, globals(), _LAZY)
 
 
 __all__ = ["DATASETS", "DATA_OPTIONS", "DataOptions", "data_options", "LOADERS", "TORCHVISION_SETS", "DataInfo",

@@ -9,8 +9,7 @@ so the CLI's config checks read the options without torch.
 """
 from __future__ import annotations
 
-import importlib
-
+from layerwise.lazy import lazy_names
 from layerwise.models.options import (
     ACTIVATION_NAMES,
     ARCHES,
@@ -33,12 +32,7 @@ _LAZY = {**dict.fromkeys(("ACTIVATIONS", "InputSpec", "LayerGroup", "Network", "
          "resnet_network": "resnets", "build_network": "build"}
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, globals(), _LAZY)
 
 
 __all__ = ["ACTIVATIONS", "ACTIVATION_NAMES", "ARCHES", "MODEL_OPTIONS", "ModelOptions", "model_options", "VGG_PLANS",
