@@ -64,6 +64,10 @@ PLACEHOLDERS = {
 #: Commands a page shows failing without an `ERROR` line under them, and (part of) their error.
 FAILS_ON_PURPOSE = {
     "python main.py optimizer.lr=-1 debug=true": "optimizer.lr=-1 is out of range",
+    # docs/safety.md times these config errors
+    "python main.py seed=-1": "seed=-1 is out of range",
+    "python main.py method=dgl method.aux.type=bogus": "method.aux.type='bogus' is not known",
+    "python main.py model.activation=sign method=bp": "model.activation=sign has zero derivative",
 }
 #: Commands whose program or config is not this repository's: they are run elsewhere.
 ELSEWHERE = {
