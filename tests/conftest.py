@@ -134,10 +134,11 @@ def fork_main(args: list[str], out_root: Path, env: dict, stdout: int, stderr: i
 
 
 def run_cli_forked(args: list[str], out_root: Path, env: dict | None = None, timeout: int = 300):
-    """run_cli for command lines that stop at a configuration or data error: main.py runs in a fork of this
-    process, which has torch, Lightning and Hydra imported already (a fresh interpreter spends ~8-10 s on them).
-    Same exit code, stdout and stderr as the real command; what the imports themselves do is left to the tests
-    that use run_cli."""
+    """run_cli for command lines whose interpreter start-up is not what is tested (errors after torch is imported,
+    runs that stop, sweeps on the basic launcher): main.py runs in a fork of this process, which has torch,
+    Lightning and Hydra imported already (a fresh interpreter spends ~8-10 s on them). Same exit code, stdout and
+    stderr as the real command; what the imports themselves do (the torch-free config errors, wandb, a launcher's
+    own processes) is left to the tests that use run_cli."""
     import signal
     import tempfile
     import time

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from conftest import TINY, fit_cfg, read_summary, run_cli, run_dirs
+from conftest import TINY, fit_cfg, read_summary, run_cli_forked, run_dirs
 
 MLP = ["model=mlp", "model.widths=[32,32,32]"]
 BLOWUP = ["optimizer.lr=1e30"]  # the first SGD step makes the weights ~1e29: the next forward is inf/NaN
@@ -53,7 +53,7 @@ def test_stop_raises_before_the_step_and_keeps_the_last_good_checkpoint(monkeypa
 
 
 def test_stop_through_the_cli_exits_2_with_one_line_naming_the_fix(tmp_path):
-    res = run_cli([*TINY, *MLP, *BLOWUP, "trainer.max_epochs=2"], tmp_path)
+    res = run_cli_forked([*TINY, *MLP, *BLOWUP, "trainer.max_epochs=2"], tmp_path)
     assert res.returncode == 2, res.stderr[-3000:]
     out = res.stdout + res.stderr
     assert "Traceback" not in out
@@ -68,7 +68,7 @@ def test_stop_through_the_cli_exits_2_with_one_line_naming_the_fix(tmp_path):
 
 
 def test_stop_in_a_multirun_marks_the_job_diverged(tmp_path):
-    res = run_cli(["-m", *TINY, *MLP, *BLOWUP], tmp_path)
+    res = run_cli_forked(["-m", *TINY, *MLP, *BLOWUP], tmp_path)
     assert res.returncode != 0
     assert "Traceback" not in res.stderr
     (run,) = run_dirs(tmp_path)

@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, compose_cfg, fit_cfg, run_cli
+from conftest import ROOT, compose_cfg, fit_cfg, run_cli, run_cli_forked
 
 # Real 8x8 digits at their native size, a 3-block MLP: each stage process starts in a few seconds. Batches of 8
 # make an epoch (180 batches) long enough for a signal sent after epoch 1 to land inside the run.
@@ -238,8 +238,8 @@ def test_finished_run_trains_on_with_more_epochs(runs, tmp_path):
 
 
 def test_refused_rule_one_line_error(tmp_path):
-    result = run_cli(["trainer=pipeline", "method=bp", "data=synthetic", "trainer.accelerator=cpu", "logger=none"],
-                     tmp_path, timeout=120)
+    result = run_cli_forked(["trainer=pipeline", "method=bp", "data=synthetic", "trainer.accelerator=cpu",
+                             "logger=none"], tmp_path, timeout=120)
     assert result.returncode == 2
     errors = [line for line in (result.stdout + result.stderr).splitlines() if "trainer=pipeline" in line]
     assert len(errors) == 1 and "method=dgl" in errors[0] and "trainer=default" in errors[0]

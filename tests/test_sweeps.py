@@ -5,7 +5,7 @@ import sys
 
 import yaml
 
-from conftest import ROOT, TINY, read_summary, run_cli, run_dirs
+from conftest import ROOT, TINY, read_summary, run_cli, run_cli_forked, run_dirs
 
 SMALL = [o for o in TINY if not o.startswith("logger")] + ["model=mlp", "model.widths=[32,32]"]
 
@@ -62,8 +62,8 @@ def test_submitit_local_grid_runs_each_job_in_its_own_process(tmp_path):
 def test_failing_jobs_are_reported_and_the_others_keep_their_results(tmp_path):
     """One job with a bad value (config error), one that crashes inside Lightning (an exception that is not a
     layerwise error: a precision plugin whose package is missing)."""
-    res = run_cli(["-m", *SMALL, "logger=csv", "trainer.precision=32,transformer-engine", "optimizer.lr=0.1,-1"],
-                  tmp_path)
+    res = run_cli_forked(["-m", *SMALL, "logger=csv", "trainer.precision=32,transformer-engine", "optimizer.lr=0.1,-1"],
+                         tmp_path)
     assert res.returncode == 1, res.stderr[-3000:]
     assert "3 of 4 jobs failed" in res.stderr
     assert "[trainer.precision=32 optimizer.lr=-1] failed: optimizer.lr=-1 is out of range" in res.stderr
