@@ -185,6 +185,6 @@ def model_options(cfg) -> type[ModelOptions]:
 
 
 def is_torchvision(cfg) -> bool:
-    """Whether a model config is `model=torchvision`'s: its preset's name says so, since model.arch then holds a
-    torchvision name (resnet18 is also layerwise's own arch, with a CIFAR stem option)."""
-    return cfg.get("name") == "torchvision" and not cfg.get("_target_")
+    """Whether a model config is `model=torchvision`'s: its preset's name (torchvision_<arch>) says so, since
+    model.arch then holds a torchvision name (resnet18 is also layerwise's own arch, with a CIFAR stem option)."""
+    return str(cfg.get("name")).startswith("torchvision") and not cfg.get("_target_")

@@ -117,12 +117,18 @@ def _runs(items: list[str]) -> str:
     return ", ".join(f"{a} {k}" if a == b else f"{a}-{b} {k}" for a, b, k in runs)
 
 
+_LOGGED: set[str] = set()
+
+
 def torchvision_network(cfg, spec: InputSpec) -> Network:
     layers, head = torchvision_layers(cfg.arch, spec)
     blocks = group_layers(layers, cfg.blocks)
     sizes = [len(block) if isinstance(block, LayerGroup) else 1 for block in blocks]
     ends = [sum(sizes[:k + 1]) - 1 for k in range(len(sizes))]
     spans = [f"{e - s + 1}..{e}" if s > 1 else str(e) for s, e in zip(sizes, ends)]
-    logger.info(f"torchvision {cfg.arch}: {len(layers)} layers ({_runs([_kind(m) for m in layers])}) in "
-                f"{len(blocks)} blocks (layers {' | '.join(spans)}); head: {' + '.join(_kind(m) for m in head)}")
+    split = (f"torchvision {cfg.arch}: {len(layers)} layers ({_runs([_kind(m) for m in layers])}) in "
+             f"{len(blocks)} blocks (layers {' | '.join(spans)}); head: {' + '.join(_kind(m) for m in head)}")
+    if split not in _LOGGED:  # once: a run builds the network twice (the memory check, then the experiment)
+        _LOGGED.add(split)
+        logger.info(split)
     return Network(blocks, head)
