@@ -11,9 +11,9 @@ from layerwise.models.options import TORCHVISION_ARCHES, TORCHVISION_FAMILIES
 
 SPEC = InputSpec(channels=3, size=32, num_classes=10)
 
-# arch -> layers (= blocks with model.blocks=null). Each is the cheapest of its family; vgg11_bn (a 103M-weight
-# classifier: torchvision's 7x7 avgpool output feeds 25088 -> 4096), efficientnet_b0 and convnext_tiny repeat
-# the features-children split mobilenet_v2 covers, at several times its cost, so they are slow.
+# arch -> layers (= blocks with model.blocks=null). The six together take ~75 s on 2 cores (-n 2), so the default
+# suite keeps one per kind of split (residual blocks, features children, ViT encoder); vgg11_bn (a 120M-weight
+# classifier: torchvision's 7x7 avgpool output feeds 25088 -> 4096), efficientnet_b0 and convnext_tiny are slow.
 MODELS = [("resnet18", 9), ("mobilenet_v2", 19), ("vit_b_16", 13),
           pytest.param("vgg11_bn", 8, marks=pytest.mark.slow),
           pytest.param("efficientnet_b0", 9, marks=pytest.mark.slow),
