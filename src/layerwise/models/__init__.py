@@ -2,7 +2,8 @@
 
 options.py: every architecture's options (`MODEL_OPTIONS`, `model_options`), torch-free; network.py: the `Network`
 container, layers, activations and the grouping of layers into blocks; MLP, BasicCNN, LeNet-5 and the CIFAR VGGs.
-resnets.py: CIFAR ResNets (He et al.) and torchvision's ResNet-18/34/50; build.py: `build_network`.
+resnets.py: CIFAR ResNets (He et al.) and torchvision's ResNet-18/34/50; torchvision_models.py: any supported
+torchvision classifier converted (`model=torchvision model.arch=<name>`); build.py: `build_network`.
 
 Importing this package imports no torch: the names below that need it load their module on first use (PEP 562),
 so the CLI's config checks read the options without torch.
@@ -22,6 +23,7 @@ from layerwise.models.options import (
     MlpOptions,
     ModelOptions,
     ResNetOptions,
+    TorchvisionOptions,
     model_options,
 )
 
@@ -29,7 +31,7 @@ from layerwise.models.options import (
 _LAZY = {**dict.fromkeys(("ACTIVATIONS", "InputSpec", "LayerGroup", "Network", "Sign", "Step", "_activation",
                           "conv_layers", "flat_layers", "group_layers", "is_activation", "lenet_layers", "mlp",
                           "regroup", "split_head"), "network"),
-         "resnet_network": "resnets", "build_network": "build"}
+         "resnet_network": "resnets", "build_network": "build", "torchvision_network": "torchvision_models"}
 
 
 __getattr__ = lazy_names(__name__, globals(), _LAZY)
@@ -38,4 +40,5 @@ __getattr__ = lazy_names(__name__, globals(), _LAZY)
 __all__ = ["ACTIVATIONS", "ACTIVATION_NAMES", "ARCHES", "MODEL_OPTIONS", "ModelOptions", "model_options", "VGG_PLANS",
            "ZERO_DERIVATIVE_ACTIVATIONS", "InputSpec", "LayerGroup", "Network", "Sign", "Step", "build_network",
            "conv_layers", "flat_layers", "group_layers", "is_activation", "lenet_layers", "mlp", "regroup",
-           "split_head", "ConvOptions", "LenetOptions", "MlpOptions", "ResNetOptions", "RESNET_ARCHES"]
+           "split_head", "ConvOptions", "LenetOptions", "MlpOptions", "ResNetOptions", "RESNET_ARCHES",
+           "TorchvisionOptions", "torchvision_network"]

@@ -14,6 +14,7 @@ from layerwise.models.network import (
     lenet_layers,
     mlp,
 )
+from layerwise.models.options import is_torchvision
 from layerwise.models.resnets import RESNET_ARCHES, resnet_network
 from layerwise.options import import_object
 
@@ -22,6 +23,10 @@ def build_network(cfg, spec: InputSpec) -> Network:
     """Build the network named by `cfg.arch` (or the user's builder `cfg._target_`) for inputs described by `spec`."""
     if cfg.get("_target_"):
         return import_object(cfg._target_, "model._target_")(cfg, spec)
+    if is_torchvision(cfg):
+        from layerwise.models.torchvision_models import torchvision_network
+
+        return torchvision_network(cfg, spec)
     arch = cfg.arch
     if arch in RESNET_ARCHES:
         return resnet_network(cfg, spec)

@@ -129,10 +129,46 @@ class ResNetOptions(ModelOptions):
         one_of(self, "stem", STEMS)
 
 
+#: `model=torchvision model.arch=<name>`: torchvision's classifiers the converter splits into layers + head, by
+#: family (a literal list, so the config check needs no torchvision; tests/test_torchvision_models.py checks it
+#: against torchvision.models.list_models). Other torchvision models (DenseNet, Inception, Swin, ...) are refused.
+TORCHVISION_FAMILIES: dict[str, tuple[str, ...]] = {
+    "resnet": ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+               "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2"),
+    "vgg": ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"),
+    "mobilenet": ("mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"),
+    "efficientnet": ("efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4",
+                     "efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "efficientnet_v2_s",
+                     "efficientnet_v2_m", "efficientnet_v2_l"),
+    "convnext": ("convnext_tiny", "convnext_small", "convnext_base", "convnext_large"),
+    "vit": ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14"),
+}
+TORCHVISION_ARCHES = tuple(name for names in TORCHVISION_FAMILIES.values() for name in names)
+
+
+def torchvision_family(arch: str) -> str:
+    """The converter family of a torchvision model name; one line naming the supported families otherwise."""
+    for family, names in TORCHVISION_FAMILIES.items():
+        if arch in names:
+            return family
+    raise ConfigError(f"model.arch={arch!r} is not a torchvision classifier the converter splits; supported "
+                      f"families: {', '.join(f'{f} ({n[0]}, ...)' for f, n in TORCHVISION_FAMILIES.items())}")
+
+
+@dataclass
+class TorchvisionOptions(ModelOptions):
+    """`model=torchvision`: model.arch names a torchvision classifier (weights=None), split into layers + head."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        torchvision_family(self.arch)
+
+
 #: model.arch -> the options of that architecture (the VGGs have no keys of their own).
 MODEL_OPTIONS: dict[str, type[ModelOptions]] = {"mlp": MlpOptions, "basic_cnn": ConvOptions, "lenet": LenetOptions,
                                                 **dict.fromkeys(VGG_PLANS, ModelOptions),
-                                                **dict.fromkeys(RESNET_ARCHES, ResNetOptions)}
+                                                **dict.fromkeys(RESNET_ARCHES, ResNetOptions),
+                                                "torchvision": TorchvisionOptions}
 ARCHES = list(MODEL_OPTIONS)
 
 
@@ -141,6 +177,14 @@ def model_options(cfg) -> type[ModelOptions]:
     if cfg.get("_target_"):
         return getattr(import_object(cfg["_target_"], "model._target_"), "Options", ModelOptions)
     arch = cfg.get("arch")
+    if is_torchvision(cfg):
+        return TorchvisionOptions
     if arch not in MODEL_OPTIONS:
         raise ConfigError(f"model.arch={arch!r} is not known; choose one of {', '.join(ARCHES)}")
     return MODEL_OPTIONS[arch]
+
+
+def is_torchvision(cfg) -> bool:
+    """Whether a model config is `model=torchvision`'s: its preset's name (torchvision_<arch>) says so, since
+    model.arch then holds a torchvision name (resnet18 is also layerwise's own arch, with a CIFAR stem option)."""
+    return str(cfg.get("name")).startswith("torchvision") and not cfg.get("_target_")

@@ -103,7 +103,7 @@ def build_aux_head(shape: torch.Size, num_classes: int, cfg) -> nn.Module:
     elif cfg.type == "cnn":
         raise ConfigError("method.aux.type=cnn needs conv blocks; use method.aux.type=mlp for MLP models")
     else:
-        dim_in = int(shape[0])
+        dim_in = math.prod(shape)  # token outputs (tokens x features, e.g. ViT's) are flattened too
     layers.append(mlp(dim_in, hidden, num_classes))
     return nn.Sequential(*layers)
 
