@@ -103,20 +103,8 @@ def _check_callbacks_fit(root: RootSchema) -> None:
                               f"this run has none (logger=none); use logger=csv (metrics.csv) or drop the callback")
 
 
-def _pick(group: str, choice: Any, table: dict, base: type) -> type:
-    """The schema of the option in use; an unknown data/model/optimizer kind gets the base schema, whose
-    __post_init__ names the allowed ones. Every optimizer has its own schema: an unknown one stops here."""
-    if group == "optimizer" and choice not in table:
-        raise ConfigError(f"{group}={choice!r} is not known; available: {', '.join(sorted(table))}")
-    return table.get(choice, base)
-
-
 def _schema_for(container: dict) -> DictConfig:
     """The root schema with each group's schema chosen by the option the config uses."""
-    def option(group: str, name: str = "name"):
-        node = container.get(group)
-        return node.get(name) if isinstance(node, dict) else None
-
     # Each group's options dataclasses, from torch-free modules (a user's `_target_` imports its own module).
     from layerwise.data.options import data_options
     from layerwise.models.options import model_options
