@@ -6,6 +6,8 @@
     python scripts/benchmark.py --device cuda --models vgg16 --steps 50
     python scripts/benchmark.py --pipeline                        # + scripts/pipeline_benchmark.py's K=1 vs K=2
     python scripts/benchmark.py --cli                             # the CLI's own latency (see cli_table)
+    python scripts/benchmark.py --models resnet32,resnet110 --methods bp,dgl,infopro --blocks 2,4,8,16 \
+        --split infopro --batch-size 32                           # activation memory per number of modules K
 
 What is timed, in one process, with data already in memory (one synthetic batch of the dataset's shape reused,
 so no loader or augmentation is measured):
@@ -16,6 +18,10 @@ so no loader or augmentation is measured):
 - plain: the same network (built from the same config and seed), one optimizer with the same settings, and
   `opt.zero_grad(set_to_none=True); F.cross_entropy(net(x), y).backward(); opt.step()`: the overhead reference.
 Repeats are interleaved (every method's project run, then plain, then again ...) and medians reported.
+
+With --blocks K1,K2,...: every method but bp runs once per K (model.blocks=K, model.split=--split), so the table
+shows each local rule's activation memory against BP's at every number of local modules (InfoPro, Wang et al.
+2021, Fig. 1 / Table 7: about 40 % less GPU memory than end to end at K = 2 on ResNet-110).
 
 Memory: on CPU the bytes autograd saves for backward (layerwise.core.memory.ActivationMeter; for the project run it is
 the module's own meter, i.e. what train/peak_activation_mb reports); on CUDA torch.cuda.max_memory_allocated over
@@ -298,6 +304,7 @@ class ConvCeiling:
 class Result:
     model: str
     method: str
+    blocks: int | None = None  # --blocks: the number of local modules K of this run; None: the model's default
     project_s: list[list[float]] = field(default_factory=list)  # per repeat, per timed batch
     plain_s: list[list[float]] = field(default_factory=list)
     project_cpu_s: list[float] = field(default_factory=list)  # every timed batch
@@ -313,17 +320,30 @@ def _ips(args, w: Window) -> float:
     return args.batch_size / statistics.median(w.batch_seconds)
 
 
+def runs_for(methods: list[str], blocks: list[int] | None,
+             split: str | None) -> dict[str, tuple[str, int | None, list[str]]]:
+    """label -> (method, K, extra overrides): bp once; every other method once per K of --blocks (or once)."""
+    runs = {}
+    for m in methods:
+        for k in ([None] if not blocks or m == "bp" else blocks):
+            extra = [] if k is None else [f"model.blocks={k}"] + ([f"model.split={split}"] if split else [])
+            runs[m if k is None else f"{m}@K={k}"] = (m, k, extra)
+    return runs
+
+
 def bench_model(model: str, methods: list[str], args, device: torch.device, log) -> list[Result]:
     from layerwise.core.memory import ActivationMeter
 
     accelerator = "gpu" if device.type == "cuda" else "cpu"
-    cfgs = {m: compose(model, m, args.batch_size, accelerator, overrides_for(m, args.override)) for m in methods}
-    first = cfgs[methods[0]]
+    runs = runs_for(methods, args.blocks, args.split)
+    cfgs = {label: compose(model, m, args.batch_size, accelerator, overrides_for(m, args.override) + extra)
+            for label, (m, _, extra) in runs.items()}
+    first = next(iter(cfgs.values()))
     batch = synthetic_batch(first, args.batch_size, device)
     modules = {m: build_project(cfg) for m, cfg in cfgs.items()}
     net, opt = build_plain(first)
     net.to(device)
-    results = {m: Result(model, m) for m in methods}
+    results = {label: Result(model, m, k) for label, (m, k, _) in runs.items()}
 
     ceilings = {}
     for m, module in modules.items():  # FLOPs before any timing (the module is on CPU until fit)
@@ -366,7 +386,7 @@ def rows_from(results: list[Result], args) -> list[dict]:
         proj_t = statistics.median(t for rep in res.project_s for t in rep)
         plain_t = statistics.median(t for rep in res.plain_s for t in rep)
         rows.append({
-            "model": res.model, "method": res.method,
+            "model": res.model, "method": res.method, "blocks": res.blocks,
             "project_imgs_per_sec": b / proj_t,
             "project_imgs_per_sec_repeats": [b / statistics.median(rep) for rep in res.project_s],
             "plain_bp_imgs_per_sec": b / plain_t,
@@ -394,7 +414,7 @@ def rows_from(results: list[Result], args) -> list[dict]:
 
 
 COLUMNS = [  # (header, key, format)
-    ("model", "model", "{}"), ("method", "method", "{}"),
+    ("model", "model", "{}"), ("method", "method", "{}"), ("K", "blocks", "{}"),
     ("project img/s", "project_imgs_per_sec", "{:.1f}"), ("plain BP img/s", "plain_bp_imgs_per_sec", "{:.1f}"),
     ("project/plain", "project_over_plain", "{:.3f}"), ("method/BP img/s", "method_over_bp_imgs_per_sec", "{:.3f}"),
     ("project/plain CPU-time", "project_over_plain_cpu_time", "{:.3f}"),
@@ -489,6 +509,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     csv = lambda s: [v.strip() for v in s.split(",") if v.strip()]  # noqa: E731
     p.add_argument("--models", type=csv, default=["basic_cnn", "vgg11c"], help="comma-separated conf/model names")
     p.add_argument("--methods", type=csv, default=["bp", "dgl"], help="comma-separated conf/method names")
+    p.add_argument("--blocks", type=lambda s: [int(v) for v in csv(s)], default=None,
+                   help="comma-separated numbers of local modules K: every method but bp runs once per K "
+                        "(model.blocks=K), e.g. --blocks 2,4,8,16")
+    p.add_argument("--split", default=None, help="with --blocks: model.split (even | flops | memory | infopro)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=4, help="timed batches per repeat")
     p.add_argument("--warmup", type=int, default=2, help="untimed batches before them, every repeat (>= 1)")
@@ -508,6 +532,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if min(args.steps, args.repeats, args.warmup, args.batch_size) < 1:
         p.error("--steps, --warmup, --repeats and --batch-size must be >= 1 (warm-up batch 0 measures memory)")
+    if args.blocks is not None and min(args.blocks, default=0) < 1:
+        p.error("--blocks takes numbers of modules >= 1, e.g. --blocks 2,4,8,16")
+    if args.split is not None:
+        if not args.blocks:
+            p.error("--split needs --blocks (it says how model.blocks=K groups the layers)")
     if args.device != "cpu" and not args.device.startswith("cuda"):
         p.error(f"--device {args.device!r}: use cpu, cuda or cuda:i")
     return args

@@ -109,3 +109,18 @@ def test_a_missing_or_failing_pipeline_module_is_reported_not_raised(tmp_path):
     args = bench.parse_args(["--models", "basic_cnn", "--pipeline-script", str(broken)])
     text, data = bench.pipeline_section(args)
     assert "failed: RuntimeError: no fork here" in text and data["error"] == text
+
+
+def test_blocks_run_every_local_method_once_per_number_of_modules():
+    bench = _load_script()
+    args = bench.parse_args(["--models", "resnet32", "--methods", "bp,dgl,infopro", "--blocks", "2,16",
+                             "--split", "infopro"])
+    runs = bench.runs_for(args.methods, args.blocks, args.split)
+    assert runs == {"bp": ("bp", None, []),
+                    "dgl@K=2": ("dgl", 2, ["model.blocks=2", "model.split=infopro"]),
+                    "dgl@K=16": ("dgl", 16, ["model.blocks=16", "model.split=infopro"]),
+                    "infopro@K=2": ("infopro", 2, ["model.blocks=2", "model.split=infopro"]),
+                    "infopro@K=16": ("infopro", 16, ["model.blocks=16", "model.split=infopro"])}
+    for bad in (["--split", "infopro"], ["--blocks", "0,2"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(bad)
