@@ -37,6 +37,10 @@ NARROW = {"model.width_mult": 0.0625, "method.synthesizer.channels": 8, "method.
 # ResNet-152 (133M / 60M parameters) would take minutes and gigabytes. Their jobs are checked by
 # test_unshrinkable_preset_job_builds_its_modules instead: config validated, network built on the meta device.
 NO_TINY_STEP = {"belilovsky_dgl_imagenet"}
+# Presets whose jobs repeat another preset's variants on a deeper net: `make test` trains only the job named here
+# (ResNet-110's deepest split); the others are slow, as wang_infopro_resnet32_cifar10 trains the same variant
+# files and test_schema validates every ResNet-110 job's config.
+ONE_FAST_JOB = {"wang_infopro_resnet110_cifar10": "experiment/variants/wang_infopro=resnet110_k16"}
 
 
 @functools.lru_cache(maxsize=None)
@@ -126,7 +130,14 @@ def test_preset_header_names_its_numbers_and_tags(name):
         assert len(set(names)) == len(names), f"{name}: two jobs of the sweep share a run name: {names}"
 
 
-@pytest.mark.parametrize("name, job", TINY_JOBS, ids=[_job_id(j) for j in TINY_JOBS])
+def _tiny_params():
+    slow = [pytest.mark.slow]
+    return [pytest.param(name, job, id=_job_id((name, job)),
+                         marks=slow if name in ONE_FAST_JOB and ONE_FAST_JOB[name] not in (job or []) else [])
+            for name, job in TINY_JOBS]
+
+
+@pytest.mark.parametrize("name, job", _tiny_params())
 def test_preset_job_trains_one_tiny_step(name, job, tmp_path):
     if job is None:
         sweep_jobs.cache_clear()
