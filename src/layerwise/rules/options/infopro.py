@@ -39,7 +39,7 @@ class InfoProOptions(RuleOptions):
     split gives the group sizes, e.g. [2,1]. Set at most one of the two, and leave model.blocks null then.
     recon_weight / pred_weight: [first, last] local module, linear in between (the paper's ixx_1/ixx_2 and
     ixy_1/ixy_2). These defaults are this project's; the paper tunes them per number of modules K
-    (experiment=wang_infopro_cifar10 has its values)."""
+    (experiment=wang_infopro_resnet32_cifar10 has its values)."""
 
     num_modules: Optional[int] = None
     split: Optional[List[int]] = None
