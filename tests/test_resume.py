@@ -35,6 +35,7 @@ CASES = {
     "predsim": (["method=predsim", *CNN], (1, 2)),
     "sign_symmetry_brsf": (["method=sign_symmetry", "method.variant=brsf", *CNN], (1, 1)),
     "forward_forward": (["method=forward_forward", *MLP, "optimizer=adam", "optimizer.lr=0.01"], (1, 1)),
+    "auglocal": (["method=auglocal", *CNN], (0, 1)),  # new state: the aux networks' layer copies
 }
 
 
