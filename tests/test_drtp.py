@@ -95,3 +95,44 @@ def test_learns_digits(tmp_path):
     with tanh (the paper's hidden units); the target never shrinks as e does, and relu units diverge at this lr."""
     model = ["model=mlp", "model.widths=[128]", "model.head_hidden=[]", "model.activation=tanh"]
     assert fit_cfg([*DIGITS, *model], tmp_path)["test_acc"] > 0.8
+
+
+@pytest.mark.parametrize("injection", ["post", "pre"])
+def test_a_pipeline_stage_trains_it_without_begin_batch(injection):
+    """A pipeline stage (parallel/pipeline_stage.py) calls only block_input, block_signal and head_signal, and
+    steps each group after its block: the same gradients as the loop, pre-activation taps included."""
+    from layerwise.runs.pipeline import check_pipeline_rule
+
+    overrides = ["model=mlp", "model.widths=[6,7]", "model.head_hidden=[5]", f"method.injection={injection}"]
+    assert check_pipeline_rule(compose_cfg(["method=drtp", *overrides])).name == "drtp"
+    net, rule, x, y = make(overrides)
+    one_backward(net, rule, x, y)
+    expected = [p.grad.clone() for p in net.parameters()]
+
+    net.zero_grad(set_to_none=True)
+    h = x
+    for i, block in enumerate(net.blocks):
+        h = block(rule.block_input(i, h))
+        rule.block_signal(i, h, y).surrogate(h).backward()
+    logits = net.head(rule.block_input(len(net.blocks), h))
+    rule.head_signal(logits, y).surrogate(logits).backward()
+    for p, g in zip(net.parameters(), expected):
+        torch.testing.assert_close(p.grad, g)
+
+
+@pytest.mark.slow  # the stage protocol is covered by the test above; this runs the real two processes
+def test_pipeline_equals_sequential_training(tmp_path):
+    base = ["data=digits", "data.image_size=8", "data.batch_size=32", "model=mlp", "model.widths=[32,32]",
+            "model.head_hidden=[]", "model.activation=tanh", "method=drtp", "trainer.max_epochs=1",
+            "trainer.accelerator=cpu", "logger=none", "trainer.progress_bar=false", "seed=3"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the stages' thread count: float sums then split the same way
+    try:
+        sequential = fit_cfg([*base, "trainer=default"], tmp_path / "sequential")
+    finally:
+        torch.set_num_threads(threads)
+    pipelined = fit_cfg([*base, "trainer=pipeline", "trainer.pipeline.stages=2"], tmp_path / "pipeline")
+    assert pipelined["status"] == "completed" and pipelined["epochs_done"] == 1
+    ours, ref = [torch.load(tmp_path / d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+                 for d in ("pipeline", "sequential")]
+    assert ours.keys() == ref.keys() and all(torch.equal(ours[k], ref[k]) for k in ref)
