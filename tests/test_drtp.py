@@ -128,7 +128,7 @@ def test_pipeline_equals_sequential_training(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the stages' thread count: float sums then split the same way
     try:
-        sequential = fit_cfg([*base, "trainer=default"], tmp_path / "sequential")
+        fit_cfg([*base, "trainer=default"], tmp_path / "sequential")
     finally:
         torch.set_num_threads(threads)
     pipelined = fit_cfg([*base, "trainer=pipeline", "trainer.pipeline.stages=2"], tmp_path / "pipeline")
