@@ -109,6 +109,6 @@ DIGITS = ["data=digits", "data.image_size=16", "trainer.max_epochs=3", "trainer.
 
 
 def test_learns_digits(tmp_path):
-    """Chance is 0.10; default SGD (lr 0.05, momentum 0.9), F at the paper's scale."""
+    """Chance is 0.10; default SGD (lr 0.05, momentum 0.9), F at the paper's scale. Measured 0.869."""
     model = ["model=mlp", "model.widths=[128]", "model.head_hidden=[]", "model.batch_norm=false"]
     assert fit_cfg([*DIGITS, *model], tmp_path)["test_acc"] > 0.8
