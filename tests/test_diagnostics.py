@@ -159,8 +159,7 @@ def test_probe_on_digits(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ locality
-LOCAL_RULES = ["dgl", "dni", "cdni", "ssl", "predsim", "infopro", "random_features",
-               "auglocal"]
+LOCAL_RULES = ["dgl", "dni", "cdni", "ssl", "predsim", "infopro", "random_features", "auglocal", "drtp"]
 MLP_FF = ["model=mlp", "model.widths=[12,10,8]", "model.head_hidden=[16]"]
 
 
@@ -219,6 +218,32 @@ def test_dfa_reaches_each_block_alone_but_carries_the_output_error():
     assert blocks == [[i] for i in range(len(blocks))] and head == ["head"]
     assert [b["depends_on_later_blocks"] for b in result["blocks"]] == [True] * (len(blocks) - 1) + [False]
     assert result["local"] is False and result["rule_declares_local"] is True
+
+
+@pytest.mark.parametrize("method", ["drtp", "pepita"])
+def test_alignment_of_target_and_input_modulation_rules(method):
+    """drtp's update (B_i y*, no error) and pepita's (the passes' difference) against BP's gradient: a cosine for
+    every block; the output layer's error is the true one (pepita: e times the modulated input, close to BP)."""
+    net, rule, x, y = make(method) if method == "drtp" else small_mlp(method)
+    align = gradient_alignment(net, rule, x, y)
+    assert all(math.isfinite(align[f"block{i}/align_bp"]) for i in range(len(net.blocks)))
+    assert align["head/align_bp"] > (0.99 if method == "drtp" else 0.9)
+
+
+def small_mlp(method):
+    cfg = compose_cfg(["model=mlp", "model.widths=[12,10]", "model.batch_norm=false", f"method={method}"])
+    torch.manual_seed(0)
+    net, rule = build_network(cfg.model, SPEC), build_rule(cfg.method)
+    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 5, (16,))
+    rule.setup(net, x, SPEC.num_classes)
+    return net, rule, x, y
+
+
+def test_pepita_blocks_are_cut_apart_but_carry_the_output_error():
+    result = certify_rule("pepita", ["model=mlp", "model.widths=[12,10]", "model.batch_norm=false"])
+    blocks, head = reaches(result)
+    assert blocks == [[0], [1]] and head == ["head"]
+    assert result["local"] is False and result["blocks"][0]["depends_on_later_blocks"] is True
 
 
 def test_dgl_direct_global_is_not_local():

@@ -97,7 +97,7 @@ def test_bad_resnet_keys_are_one_line_before_any_data(tmp_path):
 
 
 RULES = ["bp", "dgl", "random_features", "dni", "cdni", "ssl", "predsim", "infopro", "fa", "sign_symmetry", "dfa",
-         "auglocal"]
+         "auglocal", "drtp"]
 MODELS = {"resnet20": ["model=resnet20", "model.width_mult=0.5"], "resnet18": ["model=resnet18", "model.stem=cifar"]}
 
 
@@ -115,6 +115,11 @@ def test_every_rule_takes_a_step_on_residual_blocks(rule, model):
 def test_forward_forward_refuses_residual_networks():
     with pytest.raises(ConfigError, match="forward_forward trains MLPs; use model=mlp"):
         small_module(["method=forward_forward", "model=resnet20"], InputSpec(3, 16, 10), batch=8)
+
+
+def test_pepita_refuses_conv_and_residual_networks():
+    with pytest.raises(ConfigError, match="method=pepita trains fully-connected networks"):
+        small_module(["method=pepita", "model=resnet20"], InputSpec(3, 16, 10), batch=8)
 
 
 # resnet20 (half width) on scikit-learn's 8x8 digits upsampled to 16 px, 3 epochs; chance is 0.10.

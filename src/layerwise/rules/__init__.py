@@ -19,8 +19,8 @@ from layerwise.errors import ConfigError
 from layerwise.options import import_object
 
 #: Modules of this package that rules share, not rules: the base class, the FA family's feedback layers, the
-#: pre-pool hooks of predsim and ssl.
-SHARED_MODULES = ("base", "feedback", "pre_pool")
+#: pre-pool hooks of predsim and ssl, the direct projections of dfa and drtp.
+SHARED_MODULES = ("base", "feedback", "pre_pool", "direct")
 ENTRY_POINT_GROUP = "layerwise.rules"
 #: An installed package's rule's options, by the rule's name, when they live apart from its (torch) module.
 OPTIONS_ENTRY_POINT_GROUP = "layerwise.rule_options"

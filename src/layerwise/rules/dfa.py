@@ -6,162 +6,51 @@ the layers above: block i is trained as if B_i e were the gradient of its output
 Linear: `split_head` moves the head's hidden layers into blocks first, so they get direct feedback too) learns
 from the true gradient on detached features. No gradient crosses a block boundary.
 
-`injection` picks where B_i e enters:
-- post (Nøkland): as the gradient of the block's output; autograd applies f' and the rest of the block.
-- pre: as the gradient of the pre-activation of the block's last activation (before its pool), skipping f',
-  so zero-derivative units (model.activation=sign|step) learn; B_i is shaped like that pre-activation.
-
-B_i is drawn separately per block and is a buffer, so checkpoints keep it. `feedback.shape` picks its form:
-- dense (default): one matrix (classes, target size): every element of the target gets its own row, drawn as
-  a (classes x size) matrix (fan-in = the target's size), so `feedback.init=default` gives it the scale of a
-  Linear readout from that block, times `feedback.scale` (0.3: at 1.0 a relu MLP without batch norm diverges,
-  since B ignores the layers above and nothing bounds the growth of hidden activations).
-- conv_shared (the biotorch benchmark's DFA): where the next layer (the first Linear/Conv2d after block i) is
-  a Conv2d, B_i is a kernel (classes, C, k, k) of that conv's geometry; e is broadcast over the conv's output
-  map and sent back through B_i as the conv's input gradient would be: B_i e = conv2d_input(B_i, e ⊗ 1_{HxW}),
-  the same weights at every position. Where the next layer is a Linear, B_i is dense, as in biotorch. Needs
-  injection=post (the block output is the next conv's input).
+`injection` (post: the paper's; pre: skips f', for sign/step units) and the feedback matrices' forms (dense,
+conv_shared) are shared with drtp (layerwise.rules.direct). Dense B_i is `feedback.init` times `feedback.scale`
+(0.3: at 1.0 a relu MLP without batch norm diverges, since B ignores the layers above and nothing bounds the
+growth of hidden activations).
 
 Memory and compute: e exists only after the head's forward and backward, so every block's graph is kept until
 then (peak activation memory like backprop's, not DGL's). Then each block's backward is short and independent
 of the others (no block waits for another's gradient); all optimizers step after the head. Getting e from an
 extra no-grad forward first would free each block at once, but it is not DFA's update unless nothing steps
 before the last block.
-
-Copies: pre-injection reads the pre-activation through a forward hook object on each block's last activation.
-It lives in the network's hook dict and the rule looks it up from the network in every `begin_batch`, so
-`copy.deepcopy` of (net, rule), together or apart, between batches gives a copy that reads its own network.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-from loguru import logger
-from torch import nn
-from torch.nn.grad import conv2d_input
 
-from layerwise.errors import ConfigError
-from layerwise.models import Network, Sign, Step, is_activation, split_head
-from layerwise.rules.base import LearningRule, Signal, TrainGroup, output_shapes
-from layerwise.rules.feedback import check_scale, random_feedback
+from layerwise.models import Network
+from layerwise.rules.base import Signal, TrainGroup
+from layerwise.rules.direct import (  # noqa: F401  (re-exported: dfa's helpers before drtp shared them)
+    ConvGeometry,
+    DirectProjection,
+    PreActivation,
+    conv_geometry,
+    conv_shared_feedback,
+    next_layer,
+    pre_activation_tap,
+)
 from layerwise.rules.options.dfa import FEEDBACK_SHAPES, INJECTIONS, DfaFeedbackOptions, DfaOptions, check_shape  # noqa: F401  (re-exported; defined in rules/options)
 
 
-@dataclass(frozen=True)
-class ConvGeometry:
-    """The next conv's stride, padding, dilation and output map size: where a conv_shared B_i sends e."""
-    stride: tuple[int, int]
-    padding: tuple[int, int]
-    dilation: tuple[int, int]
-    out_size: tuple[int, int]
-
-
-def next_layer(net: Network, i: int) -> nn.Module | None:
-    """The first Linear/Conv2d that reads block i's output: in block i+1, or the head's after the last block."""
-    following = net.blocks[i + 1] if i + 1 < len(net.blocks) else net.head
-    return next((m for m in following.modules() if isinstance(m, (nn.Linear, nn.Conv2d))), None)
-
-
-def conv_geometry(conv: nn.Conv2d, shape: torch.Size, i: int) -> ConvGeometry:
-    if len(shape) != 3 or shape[0] != conv.in_channels or conv.padding_mode != "zeros" or \
-            (isinstance(conv.padding, str) and conv.padding != "valid"):
-        raise ConfigError(f"method.feedback.shape=conv_shared: block {i}'s output {tuple(shape)} is not the plain "
-                          f"input of the conv after it ({conv}); use method.feedback.shape=dense")
-    padding = (0, 0) if conv.padding == "valid" else conv.padding
-    out = tuple((size + 2 * p - d * (k - 1) - 1) // s + 1 for size, p, d, k, s in
-                zip(shape[1:], padding, conv.dilation, conv.kernel_size, conv.stride))
-    return ConvGeometry(tuple(conv.stride), tuple(padding), tuple(conv.dilation), out)
-
-
-def conv_shared_feedback(e: torch.Tensor, b: torch.Tensor, target_shape: torch.Size,
-                         geometry: ConvGeometry) -> torch.Tensor:
-    """B_i e for a kernel B_i (classes, C, k, k): e (N, classes) broadcast over the next conv's output map, then
-    sent back through B_i as a conv sends its output gradient to its input."""
-    grad_out = e[:, :, None, None].expand(len(e), e.shape[1], *geometry.out_size).contiguous()
-    return conv2d_input(target_shape, b, grad_out, geometry.stride, geometry.padding, geometry.dilation, 1)
-
-
-class PreActivation:
-    """Forward hook keeping the input of an activation: its shape always, the tensor only when autograd records
-    (training), so probe and evaluation passes hold no memory and a copy between batches holds no graph."""
-
-    def __init__(self):
-        self.shape: torch.Size | None = None
-        self.value: torch.Tensor | None = None
-
-    def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        self.shape = args[0].shape[1:]
-        self.value = args[0] if torch.is_grad_enabled() else None
-
-    def take(self) -> torch.Tensor:
-        value, self.value = self.value, None
-        return value
-
-
-def pre_activation_tap(block: nn.Module) -> PreActivation:
-    """The hook on `block`'s last activation, installed on first use."""
-    acts = [m for m in block.modules() if is_activation(m)]
-    if not acts:
-        raise ConfigError(f"method.injection=pre needs an activation in every block, but {block} has none; "
-                          "use method.injection=post")
-    tap = next((h for h in acts[-1]._forward_hooks.values() if isinstance(h, PreActivation)), None)
-    if tap is None:
-        tap = PreActivation()
-        acts[-1].register_forward_hook(tap)
-    return tap
-
-
-class DirectFeedbackAlignment(LearningRule):
+class DirectFeedbackAlignment(DirectProjection):
     name = "dfa"
     Options = DfaOptions
-    local = True
-    detach_head = True
+    projected = "e"
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.injection = str(self.cfg.injection)
-        feedback = self.cfg.feedback
-        self.init = str(feedback.init)
-        self.scale = check_scale(feedback.scale, "dfa")
-        self.shape = str(feedback.shape)
-        self.geometry: list[ConvGeometry | None] = []
-        self.zero_derivative_activations = DfaOptions(injection=self.injection).zero_derivative_activations()
-        self.moved = 0
-        self._taps: list[PreActivation] = []
         self._targets: dict[int, torch.Tensor] = {}
         self._error: torch.Tensor | None = None
 
-    def setup(self, net: Network, example: torch.Tensor, num_classes: int) -> None:
-        self.moved = split_head(net)  # before the base setup, which counts the blocks
-        super().setup(net, example, num_classes)
-        if self.injection == "post" and any(isinstance(m, (Sign, Step)) for m in net.blocks.modules()):
-            logger.warning("dfa: method.injection=post backpropagates B·e through zero-derivative activations "
-                           "(sign/step), so the blocks cannot learn; use method.injection=pre")
-        taps = [pre_activation_tap(block) for block in net.blocks] if self.injection == "pre" else []
-        out_shapes = output_shapes(net, example)  # this pass also gives the taps their pre-activation shapes
-        shapes = [t.shape for t in taps] if taps else out_shapes
-        self.geometry = []
-        for i, shape in enumerate(shapes):
-            conv = next_layer(net, i) if self.shape == "conv_shared" else None
-            if isinstance(conv, nn.Conv2d):
-                self.geometry.append(conv_geometry(conv, shape, i))
-                b = random_feedback((num_classes, conv.in_channels, *conv.kernel_size), self.init, self.scale)
-            else:
-                self.geometry.append(None)
-                size = int(torch.Size(shape).numel())
-                b = random_feedback((num_classes, size), self.init, self.scale).view(num_classes, *shape)
-            self.register_buffer(f"feedback{i}", b)
-
-    def feedback(self, i: int) -> torch.Tensor:
-        return getattr(self, f"feedback{i}")
-
     def begin_batch(self, net: Network, x: torch.Tensor, y: torch.Tensor) -> None:
-        self._taps = [pre_activation_tap(block) for block in net.blocks] if self.injection == "pre" else []
+        self._taps = self.find_taps(net)
         self._targets, self._error = {}, None
 
     def block_signal(self, i: int, h: torch.Tensor, y: torch.Tensor) -> None:
-        self._targets[i] = self._taps[i].take() if self._taps else h
+        self._targets[i] = self.injection_point(i, h)
         return None  # trained in after_backward, once the head has produced e
 
     def head_signal(self, logits: torch.Tensor, y: torch.Tensor) -> Signal:
@@ -174,16 +63,8 @@ class DirectFeedbackAlignment(LearningRule):
     def after_backward(self, i: int) -> dict[str, Signal]:
         if i < self.n_blocks or self._error is None:
             return {}
-        e = self._error
-        signals = {}
-        for j, target in self._targets.items():
-            b = self.feedback(j)
-            if self.geometry[j] is None:
-                delta = (e.to(b.dtype) @ b.flatten(1)).view(len(e), *b.shape[1:])
-            else:
-                delta = conv_shared_feedback(e.to(b.dtype), b, target.shape, self.geometry[j])
-            delta = delta.to(target.dtype)
-            signals[f"block{j}/train_"] = Signal(objective=(target * delta).sum())
+        signals = {f"block{j}/train_": Signal(objective=(target * self.project(j, self._error, target)).sum())
+                   for j, target in self._targets.items()}
         self._targets, self._error = {}, None
         return signals
 
@@ -193,7 +74,4 @@ class DirectFeedbackAlignment(LearningRule):
             TrainGroup("head", [net.head], step_after=n)]
 
     def describe(self) -> str:
-        moved = f", {self.moved} head layer{'s' * (self.moved != 1)} moved into blocks" if self.moved else ""
-        shared = sum(g is not None for g in self.geometry)
-        shape = f", {shared} conv-shared" if shared else ""
-        return f"dfa ({self.injection}-activation, {self.n_blocks} feedback matrices{shape}{moved})"
+        return f"dfa ({self.describe_feedback()})"

@@ -42,15 +42,15 @@ from layerwise.rules.base import evaluating
 from layerwise.runs.summary import mean_after_first, write_json_atomic
 
 #: Rules whose every block trains on a local signal (nothing flows backward between blocks), and whether the
-#: local loss needs the batch's input image as well (a reconstruction target: ssl, infopro).
-PIPELINE_RULES = {"dgl": False, "predsim": False, "ssl": True, "infopro": True}
-PIPELINE_RULES["auglocal"] = False  # issue 18: each block learns from its own aux network only
+#: local loss needs the batch's input image as well (a reconstruction target: ssl, infopro). drtp's signal is the
+#: label through a fixed B_i; auglocal's each block's own aux network: local too.
+PIPELINE_RULES = {"dgl": False, "predsim": False, "ssl": True, "infopro": True, "drtp": False, "auglocal": False}
 
 
 def check_pipeline_rule(cfg: DictConfig):
     """The rule, if it can be pipelined; else one ConfigError naming the fix."""
     rule = build_rule(cfg.method)
-    fix = "use method=dgl (or predsim, ssl, infopro), or trainer=default"
+    fix = "use method=dgl (or predsim, ssl, infopro, drtp), or trainer=default"
     if rule.name not in PIPELINE_RULES:
         raise ConfigError(f"trainer=pipeline needs a rule whose blocks learn from local losses only, but "
                           f"method={cfg.method.name} sends signals backward between blocks; {fix}")

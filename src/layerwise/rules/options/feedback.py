@@ -25,8 +25,8 @@ def check_scale(value, rule: str, variant: str | None = None):
         raise ConfigError(f"method.feedback.scale={value} is a scale of method=sign_symmetry method.variant=usf "
                           f"only; give a number > 0 here, e.g. method.feedback.scale=1.0")
     if value is None:
-        if rule == "dfa":  # fa/sign_symmetry read null as W's own scale; dfa has no W to read
-            raise ConfigError("method.feedback.scale=null has no meaning for method=dfa; give a number > 0, "
+        if rule in ("dfa", "drtp"):  # fa/sign_symmetry read null as W's own scale; dfa/drtp have no W to read
+            raise ConfigError(f"method.feedback.scale=null has no meaning for method={rule}; give a number > 0, "
                               "e.g. method.feedback.scale=0.3")
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
