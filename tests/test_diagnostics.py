@@ -78,9 +78,9 @@ def _forward_gradient(widths, *extra):
 def test_forward_gradient_alignment_is_the_estimate_training_applies():
     """The diagnostic reads the estimate of the batch about to be trained, with training's own tangents: one
     tangent in ~70k dimensions is nearly orthogonal to the true gradient; 400 of them in 35 are close to it."""
-    net, rule, x, y = _forward_gradient("[256,256]")
+    net, rule, x, y = _forward_gradient("[128,128]")
     cos = gradient_alignment(net, rule, x, y)
-    assert all(abs(v) < 0.05 for v in cos.values()), cos  # measured -0.013, 0.005, 0.009
+    assert all(abs(v) < 0.05 for v in cos.values()), cos  # measured -0.003, 0.001, 0.024
 
     # The step training then takes has exactly that cosine with BP's gradient (same batch, same tangents).
     from layerwise.core.batch import backward_only, run_batch

@@ -70,33 +70,30 @@ def test_local_weight_perturbation_perturbs_each_block_with_its_aux_head():
     ref_net, ref_rule = copy.deepcopy(net), copy.deepcopy(rule)
     drawn = fixed_tangents(rule)
     got = rule_step(net, rule, x, y)
-    got_aux = [p.grad for p in rule.aux.parameters()]
+    # block 0 with its aux head; block 1 with the network head (its local loss is the head's)
+    mine = [got[:2] + [p.grad for p in rule.aux.parameters()], got[2:]]
 
-    h0 = ref_net.blocks[0](x)
-    for block, head, v, out in ((0, ref_rule.aux["0"], drawn[0], None), (1, ref_net.head, drawn[1], None)):
-        params = [*ref_net.blocks[block].parameters(), *head.parameters()]
-        inp = x if block == 0 else h0.detach()
-        grads = torch.autograd.grad(F.cross_entropy(head(ref_net.blocks[block](inp)), y), params)
-        d = sum((g * t).sum() for g, t in zip(grads, v))
-        expected = [d * t for t in v]
-        n_block = len(list(ref_net.blocks[block].parameters()))
-        mine = got[:2] if block == 0 else got[2:]  # block 0 (2 tensors); block 1 + head (4 tensors)
-        mine = mine + got_aux if block == 0 else mine
-        assert len(mine) == len(expected) and n_block == 2
-        for a, b in zip(mine, expected):
-            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    inputs = [x, ref_net.blocks[0](x).detach()]
+    for i, head in enumerate([ref_rule.aux["0"], ref_net.head]):
+        params = [*ref_net.blocks[i].parameters(), *head.parameters()]
+        grads = torch.autograd.grad(F.cross_entropy(head(ref_net.blocks[i](inputs[i])), y), params)
+        d = sum((g * t).sum() for g, t in zip(grads, drawn[i]))
+        assert len(mine[i]) == len(params)
+        for a, t in zip(mine[i], drawn[i]):
+            torch.testing.assert_close(a, d * t, atol=1e-6, rtol=1e-5)
 
 
 def test_weight_perturbation_is_unbiased_over_many_tangents():
-    net, rule, x, y = make("method.estimator=weight", "method.loss=global", "method.tangents=500",
+    net, rule, x, y = make("method.estimator=weight", "method.loss=global", "method.tangents=300",
                            widths=["model=mlp", "model.widths=[4]", "model.head_hidden=[]"])
     ref = copy.deepcopy(net)
     true = torch.autograd.grad(F.cross_entropy(ref(x), y), list(ref.parameters()))
-    assert cosine(flat(rule_step(net, rule, x, y)), flat(true)) > 0.9  # measured 0.97 (35 parameters)
+    assert cosine(flat(rule_step(net, rule, x, y)), flat(true)) > 0.9  # measured 0.95 (35 parameters)
 
 
-def test_activity_perturbation_injects_the_per_example_guess_at_each_block_output():
-    net, rule, x, y = make("method.estimator=activity")
+@pytest.mark.parametrize("loss", ["local", "global"])
+def test_activity_perturbation_injects_the_per_example_guess_at_each_block_output(loss):
+    net, rule, x, y = make("method.estimator=activity", f"method.loss={loss}")
     ref_net, ref_rule = copy.deepcopy(net), copy.deepcopy(rule)
     drawn = fixed_tangents(rule)
     got = rule_step(net, rule, x, y)
@@ -104,7 +101,8 @@ def test_activity_perturbation_injects_the_per_example_guess_at_each_block_outpu
     h, expected = x, []
     for i, block in enumerate(ref_net.blocks):
         out = block(h.detach())
-        head = ref_rule.aux[str(i)] if i == 0 else ref_net.head
+        head = ref_net.head if i == 1 else (ref_rule.aux["0"] if loss == "local" else
+                                            (lambda z: ref_net.head(ref_net.blocks[1](z))))
         z = out.detach().requires_grad_(True)
         (grad_z,) = torch.autograd.grad(F.cross_entropy(head(z), y), z)  # row n: ∇_{h_n} L (L the batch mean)
         (u,) = drawn[i]
@@ -113,6 +111,8 @@ def test_activity_perturbation_injects_the_per_example_guess_at_each_block_outpu
         h = out
     for a, b in zip(got[:4], expected):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    if loss == "global":
+        return
     # The aux head and the head learn from their own loss's exact gradient.
     h0 = ref_net.blocks[0](x).detach()
     exact = torch.autograd.grad(F.cross_entropy(ref_rule.aux["0"](h0), y), list(ref_rule.aux.parameters()))
@@ -121,12 +121,12 @@ def test_activity_perturbation_injects_the_per_example_guess_at_each_block_outpu
 
 
 def test_activity_perturbation_is_unbiased_for_the_local_loss():
-    net, rule, x, y = make("method.estimator=activity", "method.tangents=200")
+    net, rule, x, y = make("method.estimator=activity", "method.tangents=100")
     ref_net, ref_rule = copy.deepcopy(net), copy.deepcopy(rule)
     got = rule_step(net, rule, x, y)
     local = torch.autograd.grad(F.cross_entropy(ref_rule.aux["0"](ref_net.blocks[0](x)), y),
                                 list(ref_net.blocks[0].parameters()))
-    assert cosine(flat(got[:2]), flat(local)) > 0.9  # measured 0.99 (6 units)
+    assert cosine(flat(got[:2]), flat(local)) > 0.9  # measured 0.97 (6 units)
 
 
 def test_local_guess_projects_the_global_gradient_on_the_local_gradient():
@@ -170,10 +170,8 @@ def test_guess_refuses_several_tangents_before_building():
         build_rule(compose_cfg(["method=forward_gradient", "method.estimator=guess", "method.tangents=4"]).method)
 
 
-# Digits, MLP 64-128-128-10 (DIGITS_MLP), 3 epochs, Adam; chance is 0.10.
-@pytest.mark.parametrize("extra, floor", [
-    (["method.estimator=activity"], 0.80),
-])
-def test_learns_digits(extra, floor, tmp_path):
-    summary = fit_cfg([*DIGITS_MLP, "method=forward_gradient", *extra], tmp_path)
-    assert summary["test_acc"] > floor, summary["test_acc"]
+def test_local_guesses_learn_digits(tmp_path):
+    """The estimator that learns best here (docs/rules/forward_gradient.md has the others' numbers): MLP 256-128-128
+    on 16x16 digits, 3 epochs, SGD lr 0.05; measured 0.903 (dgl on the same net: 0.917); chance is 0.10."""
+    summary = fit_cfg([*DIGITS_MLP, "method=forward_gradient", "method.estimator=guess"], tmp_path)
+    assert summary["test_acc"] > 0.87, summary["test_acc"]

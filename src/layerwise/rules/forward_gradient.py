@@ -31,6 +31,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jvp
@@ -126,6 +127,10 @@ class ForwardGradient(LearningRule):
         """Mean over k tangents of (∇f·v) v for the parameter dicts `params`; and f's value and aux output."""
         primals = tuple({n: p.detach() for n, p in group.items()} for group in params)
         flat = [p for group in primals for p in group.values()]
+        if not flat:  # nothing trainable (frozen, or parameter-free layers): just the loss
+            with torch.no_grad():
+                value, out = f(*primals)
+            return [], value, out
         total = None
         for j in range(self.k):
             vs = iter(self.tangents(flat, key, j))
@@ -139,8 +144,10 @@ class ForwardGradient(LearningRule):
     def activity_estimate(self, f: Callable, h: torch.Tensor, key: int) -> torch.Tensor:
         """Mean over k tangents u of d_n u_n, with d_n the directional derivative of f's n-th output along u."""
         total = torch.zeros_like(h)
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         for j in range(self.k):
-            (u,) = self.tangents([h], key, j)
+            # Per-example tangents: each DDP process draws its own rows (weight tangents, shared, must agree).
+            (u,) = self.tangents([h], key, j, rank)
             with torch.no_grad():
                 _, d = jvp(f, (h,), (u,))
             total += expand(d, h) * u
@@ -213,8 +220,7 @@ class ForwardGradient(LearningRule):
         hd = h.detach()
         target = self.rest(i) if self.estimator == "guess" or self.loss == "global" else None
         if self.estimator == "activity":
-            head = self.loss_module(i)
-            f = target or (lambda z: stateless(head, {}, z))
+            f = target or (lambda z: stateless(self.loss_module(i), {}, z))
             grad = self.activity_estimate(lambda z: per_example_ce(f(z), y), hd, key=i)
         else:
             z = hd.clone().requires_grad_(True)
