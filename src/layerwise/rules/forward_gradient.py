@@ -108,11 +108,13 @@ class ForwardGradient(LearningRule):
         self._seed = int(torch.randint(0, 2**62, ()))  # from the run's seeded stream, after every init
 
     # ------------------------------------------------------------------ state: the tangent stream's key
-    def get_extra_state(self) -> dict:
-        return {"seed": self._seed, "step": self._step}
+    # A tensor, not a dict: checkpoints' state dicts hold tensors only (the resume check compares their shapes).
+    # Plain ints in between: reading a device tensor every batch would synchronise.
+    def get_extra_state(self) -> torch.Tensor:
+        return torch.tensor([self._seed, self._step], dtype=torch.int64)
 
-    def set_extra_state(self, state: dict) -> None:
-        self._seed, self._step = int(state["seed"]), int(state["step"])
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        self._seed, self._step = (int(v) for v in state.tolist())
 
     def generator(self, device: torch.device, *key: int) -> torch.Generator:
         return torch.Generator(device=device).manual_seed(_mix(self._seed, self._step, *key))
