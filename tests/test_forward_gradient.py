@@ -175,3 +175,10 @@ def test_local_guesses_learn_digits(tmp_path):
     on 16x16 digits, 3 epochs, SGD lr 0.05; measured 0.903 (dgl on the same net: 0.917); chance is 0.10."""
     summary = fit_cfg([*DIGITS_MLP, "method=forward_gradient", "method.estimator=guess"], tmp_path)
     assert summary["test_acc"] > 0.87, summary["test_acc"]
+
+
+def test_pipeline_refuses_in_one_line():
+    from layerwise.runs.pipeline import check_pipeline_rule
+
+    with pytest.raises(ConfigError, match="trainer=pipeline cannot run method=forward_gradient: its tangents"):
+        check_pipeline_rule(compose_cfg(["trainer=pipeline", "method=forward_gradient"]))
