@@ -53,7 +53,9 @@ def _fit(overrides: list[str], processes: int, epochs: int, start_method: str = 
     return params, {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 
-@pytest.mark.parametrize("method", ["bp", "dgl", "dfa", "dni"])
+# forward_gradient: its weight tangents are keyed to (seed, batch), the same on every process
+@pytest.mark.parametrize("method", ["bp", "dgl", "dfa", "dni",
+                                    "forward_gradient method.estimator=weight method.loss=global"])
 def test_two_processes_match_one_process(method):
     """2 processes x 32 samples vs 1 process x 64, two batches per epoch.
 
@@ -64,7 +66,7 @@ def test_two_processes_match_one_process(method):
     max |diff| with one batch per epoch: 1.5e-8 (bp, dgl, dfa), 3.2e-5 (dni, whose synthesizer regresses
     gradients); tolerance 2e-4.
     """
-    overrides = [*SMALL, f"method={method}", "data.n_train=128", "data.subset_train=128"]
+    overrides = [*SMALL, *f"method={method}".split(), "data.n_train=128", "data.subset_train=128"]
     one, one_metrics = _fit(overrides, processes=1, epochs=4)
     two, two_metrics = _fit(overrides, processes=2, epochs=4)
     assert one.shape == two.shape

@@ -36,6 +36,8 @@ CASES = {
     "sign_symmetry_brsf": (["method=sign_symmetry", "method.variant=brsf", *CNN], (1, 1)),
     "forward_forward": (["method=forward_forward", *MLP, "optimizer=adam", "optimizer.lr=0.01"], (1, 1)),
     "auglocal": (["method=auglocal", *CNN], (0, 1)),  # new state: the aux networks' layer copies
+    # tangents keyed to (seed, batch): the rule's extra state
+    "forward_gradient": (["method=forward_gradient", *CNN], (1, 1)),
 }
 
 

@@ -50,7 +50,9 @@ PIPELINE_RULES = {"dgl": False, "predsim": False, "ssl": True, "infopro": True, 
 def check_pipeline_rule(cfg: DictConfig):
     """The rule, if it can be pipelined; else one ConfigError naming the fix."""
     rule = build_rule(cfg.method)
-    fix = "use method=dgl (or predsim, ssl, infopro, drtp), or trainer=default"
+    if getattr(rule, "pipeline_refusal", None):  # a rule that says itself why it cannot be pipelined
+        raise ConfigError(rule.pipeline_refusal)
+    fix = "use method=dgl (or predsim, ssl, infopro, drtp, auglocal), or trainer=default"
     if rule.name not in PIPELINE_RULES:
         raise ConfigError(f"trainer=pipeline needs a rule whose blocks learn from local losses only, but "
                           f"method={cfg.method.name} sends signals backward between blocks; {fix}")
