@@ -192,7 +192,8 @@ def test_probe_on_digits(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ locality
-LOCAL_RULES = ["dgl", "dni", "cdni", "ssl", "predsim", "infopro", "random_features", "auglocal", "drtp", "forward_gradient"]
+LOCAL_RULES = ["dgl", "dni", "cdni", "ssl", "predsim", "infopro", "random_features", "auglocal", "drtp",
+               "forward_gradient"]
 MLP_FF = ["model=mlp", "model.widths=[12,10,8]", "model.head_hidden=[16]"]
 
 
