@@ -35,6 +35,7 @@ CASES = {
     "predsim": (["method=predsim", *CNN], (1, 2)),
     "sign_symmetry_brsf": (["method=sign_symmetry", "method.variant=brsf", *CNN], (1, 1)),
     "forward_forward": (["method=forward_forward", *MLP, "optimizer=adam", "optimizer.lr=0.01"], (1, 1)),
+    "target_prop": (["method=target_prop", "method.variant=ldrl", *CNN], (1, 1)),  # learned feedback, noise draws
 }
 
 
