@@ -43,7 +43,8 @@ def test_updates_follow_the_papers_formulas(variant):
     ĥ_k = h_k + g_k(ĥ_{k+1}) - g_k(h_{k+1}) with g_k(v) = tanh(V_k v + c_k); ddtp ĥ_k = h_k + Q_k(ĥ_2 - h_2).
     Block k's gradient is that of ‖f_k(h_{k-1}) - ĥ_k‖² / (2η̂); g_k's that of Lee et al.'s reconstruction
     loss (dtp), Meulemans et al.'s DRL (ddtp) or Ernoult et al.'s L-DRL (ldrl), on the same noise draws."""
-    net, rule, x, y = make([*MLP, f"method.variant={variant}"])
+    block = [] if variant == "ddtp" else ["method.feedback.activation=block"]  # g_k(v) = tanh(V_k v + c_k)
+    net, rule, x, y = make([*MLP, f"method.variant={variant}", *block])
     torch.manual_seed(1)
     run_batch(net, rule, x, y, backward_only, lambda i: None)
     block_grads = [grads(b.parameters()) for b in net.blocks]
@@ -202,8 +203,9 @@ def test_two_processes_agree():
 
 
 def test_learns_digits(tmp_path):
-    """dtp on a 2 x 128 MLP, 3 epochs of digits (chance 0.10): measured 0.87 (bp: 0.94)."""
+    """dtp on a 2 x 128 MLP, 3 epochs of digits (chance 0.10): measured 0.922 (bp 0.944; ddtp 0.914, ldrl 0.919:
+    docs/rules/target_prop.md)."""
     overrides = ["data=digits", "data.image_size=16", "trainer.max_epochs=3", "trainer.accelerator=cpu",
                  "logger=none", "trainer.progress_bar=false", "model=mlp", "model.widths=[128,128]",
                  "model.head_hidden=[]", "method=target_prop"]
-    assert fit_cfg(overrides, tmp_path)["test_acc"] > 0.8
+    assert fit_cfg(overrides, tmp_path)["test_acc"] > 0.88

@@ -43,8 +43,9 @@ iterations per batch first (20 to 55 on CIFAR-10), which this loop (one step per
 Feedback modules (method.feedback.type): between conv maps whose sides are in an integer ratio s, a transposed
 conv (s = 1: 3x3, padding 1; even s: kernel 2s, stride s, padding s/2; odd s: kernel s, stride s); otherwise a
 dense Linear on the flattened output. Then the activation that ends the block whose output it predicts
-(feedback.activation=auto), or none. Ernoult et al. invert a max-pool with the forward pass's pooling indices;
-here the transposed conv's stride does the upsampling. ddtp's Q_k are always dense and linear (DDTP-linear).
+(feedback.activation=block, dtp's default: Lee et al.'s g has f's form) or none (ldrl's default: L-DRL fits g's
+Jacobian to f's transpose, which a linear g does far better on digits). Ernoult et al. invert a max-pool with the
+forward pass's pooling indices; here the transposed conv's stride upsamples. ddtp's Q_k are dense and linear.
 
 Blocks are black boxes for all three (the regression backpropagates inside a block), so residual blocks work.
 """
@@ -59,7 +60,7 @@ from torch import nn
 from layerwise.errors import ConfigError
 from layerwise.models import Network, is_activation, split_head
 from layerwise.rules.base import LearningRule, Signal, TrainGroup, output_shapes
-from layerwise.rules.options.target_prop import TargetPropOptions
+from layerwise.rules.options.target_prop import AUTO_ACTIVATION, AUTO_LR_SCALE, TargetPropOptions
 
 
 def squared(t: torch.Tensor) -> torch.Tensor:
@@ -161,12 +162,14 @@ class TargetProp(LearningRule):
         count = len(shapes) - 1
         fb = self.cfg.feedback
         self.noise = per_module(self.cfg.noise, count, "method.noise")
-        self.lr_scales = per_module(fb.lr_scale, count, "method.feedback.lr_scale")
+        lr_scale = fb.lr_scale if fb.lr_scale is not None else AUTO_LR_SCALE[self.variant]
+        self.lr_scales = per_module(lr_scale, count, "method.feedback.lr_scale")
+        activation = AUTO_ACTIVATION[self.variant] if fb.activation == "auto" else str(fb.activation)
         if self.variant == "ddtp":
             modules = [Inverse(shapes[-1], shapes[k], "dense", None) for k in range(count)]
         else:
             modules = [Inverse(shapes[k + 1], shapes[k], str(fb.type),
-                               last_activation(net.blocks[k]) if fb.activation == "auto" else None)
+                               last_activation(net.blocks[k]) if activation == "block" else None)
                        for k in range(count)]
         self.feedback = nn.ModuleList(modules)
 

@@ -12,8 +12,14 @@ from layerwise.rules.options.base import RuleOptions
 VARIANTS = ("dtp", "ddtp", "ldrl")
 #: auto: a transposed conv between conv maps whose sides are in an integer ratio, else dense | conv | dense.
 FEEDBACK_TYPES = ("auto", "conv", "dense")
-#: auto: the last activation of the block whose output the feedback predicts | none: linear.
-FEEDBACK_ACTIVATIONS = ("auto", "none")
+#: block: the last activation of the block whose output the feedback predicts | none: linear | auto: block for dtp
+#: (Lee et al.'s g has f's form), none for ldrl (measured: docs/rules/target_prop.md).
+FEEDBACK_ACTIVATIONS = ("auto", "block", "none")
+#: feedback.lr_scale=null, by variant: measured on digits (docs/rules/target_prop.md). The losses' scales differ:
+#: L-DRL grows with σ², the DRL is divided by σ², Lee et al.'s reconstruction is neither.
+AUTO_LR_SCALE = {"dtp": 0.05, "ddtp": 0.05, "ldrl": 10.0}
+#: feedback.activation=auto, by variant (ddtp's direct feedback is linear whatever it says).
+AUTO_ACTIVATION = {"dtp": "block", "ddtp": "none", "ldrl": "none"}
 
 
 def positive_or_list(obj: Any, name: str, example: str) -> None:
@@ -32,15 +38,19 @@ class TargetPropFeedbackOptions:
     # auto: transposed conv (stride = the side ratio) between conv maps, dense Linear otherwise | conv (refused
     # where the shapes do not allow it) | dense. ddtp's direct feedback is always dense (DDTP-linear).
     type: str = "auto"
-    activation: str = "auto"   # auto: the activation ending the block the feedback predicts | none (linear)
-    # feedback lr = lr_scale x optimizer.lr: a number, or a list with one per feedback module (bottom first)
-    lr_scale: Any = 1.0
+    # block: the activation ending the block the feedback predicts | none (linear) | auto: block for dtp, none
+    # for ldrl (ddtp: always linear)
+    activation: str = "auto"
+    # feedback lr = lr_scale x optimizer.lr: a number, or a list with one per feedback module (bottom first);
+    # null: by variant, dtp 0.05, ddtp 0.05, ldrl 10 (measured on digits; the losses' scales differ)
+    lr_scale: Any = None
     samples: int = 1           # noise samples averaged in each feedback loss (one step per batch either way)
 
     def __post_init__(self) -> None:
         one_of(self, "type", FEEDBACK_TYPES)
         one_of(self, "activation", FEEDBACK_ACTIVATIONS)
-        positive_or_list(self, "lr_scale", "0.5")
+        if self.lr_scale is not None:
+            positive_or_list(self, "lr_scale", "0.5")
         in_range(self, "samples", 1, example=1)
 
 
@@ -59,9 +69,9 @@ class TargetPropOptions(RuleOptions):
         if self.variant == "ddtp" and self.feedback.type == "conv":
             raise ConfigError("method.feedback.type=conv: ddtp's direct feedback (DDTP-linear) is a dense matrix "
                               "from the top block's output; use method.feedback.type=auto, or method.variant=dtp")
-        if self.variant == "ddtp" and self.feedback.activation != "auto":
-            raise ConfigError("method.feedback.activation applies to dtp and ldrl; ddtp's direct feedback is "
-                              "linear (DDTP-linear): leave method.feedback.activation=auto")
+        if self.variant == "ddtp" and self.feedback.activation == "block":
+            raise ConfigError("method.feedback.activation=block applies to dtp and ldrl; ddtp's direct feedback "
+                              "is linear (DDTP-linear): use method.feedback.activation=auto")
 
 
 #: method=target_prop's options (layerwise.rules.options_class finds them here without importing the rule).
