@@ -17,7 +17,7 @@ FEEDBACK_TYPES = ("auto", "conv", "dense")
 FEEDBACK_ACTIVATIONS = ("auto", "block", "none")
 #: feedback.lr_scale=null, by variant: measured on digits (docs/rules/target_prop.md). The losses' scales differ:
 #: L-DRL grows with σ², the DRL is divided by σ², Lee et al.'s reconstruction is neither.
-AUTO_LR_SCALE = {"dtp": 0.05, "ddtp": 0.05, "ldrl": 10.0}
+AUTO_LR_SCALE = {"dtp": 0.05, "ddtp": 1.0, "ldrl": 10.0}
 #: feedback.activation=auto, by variant (ddtp's direct feedback is linear whatever it says).
 AUTO_ACTIVATION = {"dtp": "block", "ddtp": "none", "ldrl": "none"}
 
@@ -42,7 +42,7 @@ class TargetPropFeedbackOptions:
     # for ldrl (ddtp: always linear)
     activation: str = "auto"
     # feedback lr = lr_scale x optimizer.lr: a number, or a list with one per feedback module (bottom first);
-    # null: by variant, dtp 0.05, ddtp 0.05, ldrl 10 (measured on digits; the losses' scales differ)
+    # null: by variant, dtp 0.05, ddtp 1, ldrl 10 (measured on digits; the losses' scales differ)
     lr_scale: Any = None
     samples: int = 1           # noise samples averaged in each feedback loss (one step per batch either way)
 
