@@ -38,6 +38,7 @@ CASES = {
     "auglocal": (["method=auglocal", *CNN], (0, 1)),  # new state: the aux networks' layer copies
     # tangents keyed to (seed, batch): the rule's extra state
     "forward_gradient": (["method=forward_gradient", *CNN], (1, 1)),
+    "target_prop": (["method=target_prop", "method.variant=ldrl", *CNN], (1, 1)),  # learned feedback, noise draws
 }
 
 
