@@ -150,7 +150,7 @@ def test_each_block_steps_on_its_own_loss_and_the_head_never_changes(monkeypatch
     assert len(drawn) == 2 and seen and not any(seen)  # two steps; every later block saw a detached input
     running = [torch.full((w,), 0.5) for w in (12, 10, 8)]
     for xb, yb, neg in zip(x.split(batch), y.split(batch), drawn):
-        h = torch.cat([ff.overlay(xb, yb, 5), ff.overlay(xb, neg, 5)])
+        h = torch.cat([ff.overlay(xb, yb, 5), ff.overlay(xb, neg, 5)]).flatten(1)
         for j, block in enumerate(ref.blocks):
             if reference:  # divide by the RMS; BCE over 2N rows at theta = width; peer loss on running means
                 inp = h / h.pow(2).mean(1, keepdim=True).sqrt().add(1e-8)

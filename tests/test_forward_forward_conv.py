@@ -170,3 +170,19 @@ def test_pipeline_refuses_in_one_line():
 
     with pytest.raises(ConfigError, match="cannot run method=forward_forward: its prediction embeds every label"):
         check_pipeline_rule(compose_cfg(["method=forward_forward", "trainer=pipeline"]))
+
+
+# BasicCNN [16, 16] without batch norm on the 8x8 digits, Adam 0.005 without a schedule, one epoch.
+DIGITS_CNN = ["data=digits", "data.image_size=8", "data.batch_size=32", "model=basic_cnn", "model.channels=[16,16]",
+              "model.batch_norm=false", "model.head_hidden=[]", "method=forward_forward", "method.predict=head",
+              "optimizer=adam", "optimizer.lr=0.005", "optimizer.scheduler.name=none", "trainer.max_epochs=1",
+              "trainer.accelerator=cpu", "logger=none", "trainer.progress_bar=false"]
+
+
+def test_linear_head_on_conv_blocks_learns_digits(tmp_path):
+    summary = fit_cfg(DIGITS_CNN, tmp_path / "run")
+    assert summary["status"] == "completed" and summary["block_test_acc"] == []
+    assert summary["test_acc"] > DIGITS_FLOOR, summary  # chance is 0.10
+
+
+DIGITS_FLOOR = 0.8
