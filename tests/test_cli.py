@@ -125,7 +125,7 @@ def test_legacy_dgl_on_cpu_runs_end_to_end(tmp_path):
      "hydra.callbacks.log._target_='hydra.experimental.callbacks.LogJobReturnCallback' is not allowed"),
 ], ids=["group-option", "typo-group", "unknown-key", "bad-type", "range", "legacy-flag", "cuda", "dataset-offline",
         "npz-missing", "ssl-direct-global", "ssl-mlp", "legacy-ssl-direct-global", "infopro-double-split",
-        "zero-derivative-activation", "unknown-activation", "fa-init", "sign-variant", "dfa-injection", "ff-conv",
+        "zero-derivative-activation", "unknown-activation", "fa-init", "sign-variant", "dfa-injection", "ff-batch-norm",
         "search-metric", "val-metric-without-split", "val-fraction", "diagnostics-every", "optuna-aux-bp",
         "batch-size", "blocks-sum", "legacy-model", "schema-type", "schema-range-model", "schema-range-trainer",
         "schema-range-rule", "schema-rule-pair", "schema-unknown-key", "schema-target", "schema-hydra-callback-target"])
