@@ -309,7 +309,7 @@ class ForwardForward(LearningRule):
     def describe(self) -> str:
         theta = "units" if self.threshold == "units" else f"{self.threshold:g}"
         peer = f", peer normalization {self.peer_weight:g}" if self.peer_weight > 0 else ""
-        conv = (f", goodness per {self.grouping}, label {self.label}"
+        conv = (f", goodness {self.grouping}, label {self.label}"
                 if self.grouping != "sum" or self.label != "pixels" else "")
         collab = ", collaborative" if self.collaborative else ""
         scoring = f"score from block {self.score_from}" if self.predict == "goodness" else \
