@@ -104,7 +104,7 @@ def test_legacy_dgl_on_cpu_runs_end_to_end(tmp_path):
     (["method=fa", "method.feedback.init=gaussian"], "method.feedback.init='gaussian' is not known"),
     (["method=sign_symmetry", "method.variant=xsf"], "choose one of usf, brsf, frsf"),
     (["method=dfa", "method.injection=middle"], "method.injection='middle' is not known"),
-    (["method=forward_forward", *TINY], "forward_forward trains MLPs; use model=mlp"),
+    (["method=forward_forward", *TINY], "forward_forward needs blocks without batch norm; set model.batch_norm=false"),
     (["optimized_metric=acc"], "optimized_metric='acc' is not known; choose one of"),
     (["optimized_metric=val/acc"], "set data.val_fraction=0.1"),
     (["data.val_fraction=1.5"], "data.val_fraction"),
@@ -125,7 +125,7 @@ def test_legacy_dgl_on_cpu_runs_end_to_end(tmp_path):
      "hydra.callbacks.log._target_='hydra.experimental.callbacks.LogJobReturnCallback' is not allowed"),
 ], ids=["group-option", "typo-group", "unknown-key", "bad-type", "range", "legacy-flag", "cuda", "dataset-offline",
         "npz-missing", "ssl-direct-global", "ssl-mlp", "legacy-ssl-direct-global", "infopro-double-split",
-        "zero-derivative-activation", "unknown-activation", "fa-init", "sign-variant", "dfa-injection", "ff-conv",
+        "zero-derivative-activation", "unknown-activation", "fa-init", "sign-variant", "dfa-injection", "ff-batch-norm",
         "search-metric", "val-metric-without-split", "val-fraction", "diagnostics-every", "optuna-aux-bp",
         "batch-size", "blocks-sum", "legacy-model", "schema-type", "schema-range-model", "schema-range-trainer",
         "schema-range-rule", "schema-rule-pair", "schema-unknown-key", "schema-target", "schema-hydra-callback-target"])

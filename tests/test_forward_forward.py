@@ -89,7 +89,8 @@ def test_overlay_writes_the_scaled_one_hot_over_the_first_k_entries():
     before = x.clone()
     labels = torch.tensor([0, 3, 1, 3])
     out = ff.overlay(x, labels, 4)
-    assert out.shape == (4, 9)
+    assert out.shape == x.shape
+    out = out.flatten(1)
     torch.testing.assert_close(out[:, :4], F.one_hot(labels, 4).float() * 3.0)
     torch.testing.assert_close(out[:, 4:], x.flatten(1)[:, 4:])
     torch.testing.assert_close(x, before)  # the input batch is not written to
@@ -149,7 +150,7 @@ def test_each_block_steps_on_its_own_loss_and_the_head_never_changes(monkeypatch
     assert len(drawn) == 2 and seen and not any(seen)  # two steps; every later block saw a detached input
     running = [torch.full((w,), 0.5) for w in (12, 10, 8)]
     for xb, yb, neg in zip(x.split(batch), y.split(batch), drawn):
-        h = torch.cat([ff.overlay(xb, yb, 5), ff.overlay(xb, neg, 5)])
+        h = torch.cat([ff.overlay(xb, yb, 5), ff.overlay(xb, neg, 5)]).flatten(1)
         for j, block in enumerate(ref.blocks):
             if reference:  # divide by the RMS; BCE over 2N rows at theta = width; peer loss on running means
                 inp = h / h.pow(2).mean(1, keepdim=True).sqrt().add(1e-8)
@@ -201,10 +202,12 @@ def test_signals_report_goodness_and_the_head_passes_no_gradient():
 
 
 @pytest.mark.parametrize("model, match", [
-    (["model=basic_cnn", "model.channels=[4,6]"], "forward_forward trains MLPs; use model=mlp"),
+    (["model=basic_cnn", "model.channels=[4,6]"], "forward_forward needs blocks without batch norm; set "
+                                                  "model.batch_norm=false"),
     ([*MLP, "model.batch_norm=true"], "model.batch_norm=false"),
     ([*MLP, "method.score_from=3"], r"score_from=3 must name a block in \[0, 2\]"),
-], ids=["conv", "batch-norm", "score-from"])
+    ([*MLP, "method.goodness=channel"], "method.goodness=channel needs convolutional blocks"),
+], ids=["conv-batch-norm", "batch-norm", "score-from", "channel-goodness-on-mlp"])
 def test_config_errors_name_the_fix(model, match):
     cfg = compose_cfg([*model, "method=forward_forward"])
     net = build_network(cfg.model, SPEC)
@@ -250,6 +253,9 @@ REFERENCE_FLOOR = 0.6  # measured 0.81 and 0.85 (seeds 0, 1); the former form at
     (["method.threshold=width"], "threshold='width' must be a number or units"),
     (["method.peer_normalization=-1"], "peer_normalization=-1 is out of range; it must be >= 0"),
     (["method.peer_momentum=1"], r"peer_momentum=1 is out of range; it must be in \[0, 1\)"),
+    (["method.goodness=pixel"], "goodness='pixel' is not known; choose one of sum, location, channel"),
+    (["method.label=channel"], "label='channel' is not known; choose one of auto, pixels, pattern"),
+    (["method.predict=linear"], "predict='linear' is not known; choose one of goodness, head"),
 ])
 def test_formulation_options_are_checked(overrides, match):
     with pytest.raises(ConfigError, match=match):

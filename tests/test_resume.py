@@ -25,7 +25,7 @@ CNN = ["model=basic_cnn", "model.channels=[8,8,8]", "model.head_hidden=[16]", "m
 MLP = ["model=mlp", "model.widths=[32,32]", "model.head_hidden=[]"]
 
 # bp, dgl and one rule of each later family: synthetic gradients, local losses, feedback (sign_symmetry brsf,
-# which redraws its feedback magnitudes every batch), Forward-Forward (MLP only).
+# which redraws its feedback magnitudes every batch), Forward-Forward (conv, with its linear head and collaboration).
 # The stop point is (epoch, batch): mid-epoch, or the first batch of the second epoch.
 CASES = {
     "bp": (["method=bp", *CNN], (1, 1)),
@@ -34,7 +34,8 @@ CASES = {
     "dni": (["method=dni", *CNN], (1, 0)),
     "predsim": (["method=predsim", *CNN], (1, 2)),
     "sign_symmetry_brsf": (["method=sign_symmetry", "method.variant=brsf", *CNN], (1, 1)),
-    "forward_forward": (["method=forward_forward", *MLP, "optimizer=adam", "optimizer.lr=0.01"], (1, 1)),
+    "forward_forward": (["method=forward_forward", *CNN, "model.batch_norm=false", "method.predict=head",
+                         "method.collaborative=true", "optimizer=adam", "optimizer.lr=0.01"], (1, 1)),
     "auglocal": (["method=auglocal", *CNN], (0, 1)),  # new state: the aux networks' layer copies
     # tangents keyed to (seed, batch): the rule's extra state
     "forward_gradient": (["method=forward_gradient", *CNN], (1, 1)),

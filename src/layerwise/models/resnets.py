@@ -118,7 +118,9 @@ def torchvision_resnet_layers(cfg, spec) -> tuple[list[nn.Module], int]:
     """
     import torchvision
 
-    tv = getattr(torchvision.models, cfg.arch)(weights=None, num_classes=spec.num_classes)
+    # model.batch_norm=false: torchvision calls norm_layer(channels); Identity takes and ignores the argument.
+    norm = {} if cfg.batch_norm else {"norm_layer": nn.Identity}
+    tv = getattr(torchvision.models, cfg.arch)(weights=None, num_classes=spec.num_classes, **norm)
     if cfg.stem == "cifar":
         stem = nn.Sequential(nn.Conv2d(spec.channels, 64, 3, stride=1, padding=1, bias=False), tv.bn1, tv.relu)
     else:

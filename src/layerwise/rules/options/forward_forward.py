@@ -1,4 +1,5 @@
-"""method=forward_forward's options: threshold, scoring, loss form, normalisation, peer normalisation."""
+"""method=forward_forward's options: threshold, scoring, loss form, normalisation, peer normalisation, and for
+convolutional blocks the goodness grouping, the label embedding, the prediction and layer collaboration."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,6 +11,9 @@ from layerwise.rules.options.base import RuleOptions
 
 LOSS_REDUCTIONS = ("mean", "sum_halves")
 NORMALIZATIONS = ("rms", "unit")
+GOODNESS = ("sum", "location", "channel")
+LABELS = ("auto", "pixels", "pattern")
+PREDICTIONS = ("goodness", "head")
 
 
 @dataclass
@@ -27,6 +31,14 @@ class ForwardForwardOptions(RuleOptions):
     normalize: str = "rms"      # a block's input divided by its RMS, length sqrt(D) (reference) | unit: length 1
     peer_normalization: float = 0.03   # weight of the peer-normalisation loss (running mean activities equal); 0 off
     peer_momentum: float = 0.9          # momentum of those running means
+    # sum: one goodness per block, sum of h^2 over all its units (Hinton 2022) | location: one per spatial
+    # location, summed over channels (SCFF, Chen et al. 2025) | channel: one per channel, summed over locations
+    goodness: str = "sum"
+    # pixels: one-hot over the first K input values (Hinton) | pattern: a class grating over the whole image
+    # (spatially-extended labels, Scodellaro et al. 2025) | auto: pixels for MLPs, pattern for conv blocks
+    label: str = "auto"
+    predict: str = "goodness"   # goodness: the label with the most goodness | head: a linear classifier on features
+    collaborative: bool = False  # each block's p(positive) adds the other blocks' detached goodness (Lorberbom 2024)
 
     def __post_init__(self) -> None:
         if self.threshold != "units" and (isinstance(self.threshold, bool)
@@ -38,6 +50,11 @@ class ForwardForwardOptions(RuleOptions):
         one_of(self, "normalize", NORMALIZATIONS)
         in_range(self, "peer_normalization", 0, example=0.03, what="the reference uses 0.03")
         in_range(self, "peer_momentum", 0, 1, high_open=True, example=0.9)
+        one_of(self, "goodness", GOODNESS)
+        one_of(self, "label", LABELS)
+        one_of(self, "predict", PREDICTIONS)
+        if not isinstance(self.collaborative, bool):
+            raise ConfigError(f"method.collaborative={self.collaborative!r} must be true or false")
 
 
 #: method=forward_forward's options (layerwise.rules.options_class finds them here without importing the rule).
