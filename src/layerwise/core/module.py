@@ -213,6 +213,7 @@ class LayerwiseModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._catch_up_schedulers(self.current_epoch)
+        self.rule.begin_epoch(self.current_epoch, self.max_epochs)
         self.guard.begin_epoch(self.current_epoch)
         self._samples = 0
         self._t_first = self._t_last = time.perf_counter()

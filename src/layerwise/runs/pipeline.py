@@ -43,7 +43,7 @@ from layerwise.runs.summary import mean_after_first, write_json_atomic
 
 #: Rules whose every block trains on a local signal (nothing flows backward between blocks), and whether the
 #: local loss needs the batch's input image as well (a reconstruction target: ssl, infopro).
-PIPELINE_RULES = {"dgl": False, "predsim": False, "ssl": True, "infopro": True}
+PIPELINE_RULES = {"dgl": False, "predsim": False, "ssl": True, "infopro": True, "mono_forward": False}
 
 
 def check_pipeline_rule(cfg: DictConfig):
