@@ -138,13 +138,17 @@ def test_pipeline_refuses_it_in_one_line():
         check_pipeline_rule(compose_cfg(["trainer=pipeline", "method=deep_supervision"]))
 
 
+# Digits at their native 8 px: a run costs about as much as bp's 16-px digits check (mostly fixed overhead).
+DIGITS_8 = [*DIGITS, "data.image_size=8", "method=deep_supervision", "method.aux.hidden_dim=32"]
+
+
 def test_deep_supervision_learns_digits(tmp_path):
-    summary = fit_cfg([*DIGITS, "method=deep_supervision", "method.decay=linear"], tmp_path)
-    # measured 0.997, companions 0.964 / 0.975 (3 epochs, basic_cnn)
-    assert summary["test_acc"] > 0.95 and min(summary["block_test_acc"]) > 0.9
+    summary = fit_cfg([*DIGITS_8, "method.decay=linear"], tmp_path)
+    # measured 0.978, companions 0.967 / 0.972 (3 epochs, basic_cnn)
+    assert summary["test_acc"] > 0.94 and min(summary["block_test_acc"]) > 0.93
 
 
 def test_contrastive_deep_supervision_learns_digits(tmp_path):
-    summary = fit_cfg([*DIGITS, "method=deep_supervision", "method.variant=contrastive", "method.crop_pad=2",
-                       "method.flip=false", "method.aux.hidden_dim=64", "method.proj_dim=32"], tmp_path)
-    assert summary["test_acc"] > 0.93  # measured 0.978 (3 epochs)
+    summary = fit_cfg([*DIGITS_8, "method.variant=contrastive", "method.crop_pad=1", "method.flip=false",
+                       "method.proj_dim=16"], tmp_path)
+    assert summary["test_acc"] > 0.94 and summary["block_test_acc"] == []  # measured 0.983 (3 epochs)
