@@ -35,6 +35,9 @@ CASES = {
     "predsim": (["method=predsim", *CNN], (1, 2)),
     "sign_symmetry_brsf": (["method=sign_symmetry", "method.variant=brsf", *CNN], (1, 1)),
     "forward_forward": (["method=forward_forward", *MLP, "optimizer=adam", "optimizer.lr=0.01"], (1, 1)),
+    # the companion weight decays with the epoch (rule.begin_epoch) and the second view draws random shifts
+    "deep_supervision_contrastive": (["method=deep_supervision", "method.variant=contrastive", "method.decay=linear",
+                                      "method.aux.hidden_dim=16", "method.proj_dim=8", *CNN], (1, 0)),
 }
 
 

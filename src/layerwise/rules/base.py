@@ -113,8 +113,8 @@ class LearningRule(nn.Module):
         """Called with the whole batch before block 0 runs."""
 
     def begin_epoch(self, epoch: int, max_epochs: int) -> None:
-        """Called before each training epoch (0-based; again for the epoch a resumed run continues): for signals
-        scheduled over training, e.g. deep supervision's decaying companion weight."""
+        """Called before each training epoch (0-based) and when training (re)starts, so a resumed run's rule knows
+        the epoch it continues: for signals scheduled over training, e.g. deep supervision's decaying weight."""
 
     def block_input(self, i: int, x: torch.Tensor) -> torch.Tensor:
         # Local rules cut the graph between blocks; unless `detach_head`, the head backpropagates into the
