@@ -10,7 +10,7 @@ with the paper's companion weight decay alpha_t = alpha * (1 - t/N) (method.deca
 method.decay_epochs or trainer.max_epochs) and, as their hinge's threshold, gamma (0: the plain loss);
 method.stop_epoch turns the companions off from an epoch on.
 
-Contrastive (Zhang, Song, Ma, Chen, Bao & Ma 2022, "Contrastive Deep Supervision", ECCV): a projection head after
+Contrastive (Zhang, Chen, Zhang, Dong & Ma 2022, "Contrastive Deep Supervision", ECCV): a projection head after
 every block (method.aux with proj_dim outputs, L2-normalised) and a SupCon loss (Khosla et al. 2020; SimCLR's
 with method.supervised=false) between two views of each image, plus the head's cross-entropy on the first view.
 The views: the loader's batch itself (with the dataset's own training augmentation) and a copy randomly shifted by
