@@ -53,6 +53,17 @@ def test_bp_is_aligned_with_itself_and_dgl_block0_is_not():
     assert dgl[f"block{n - 1}/align_bp"] == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.parametrize("method", ["deep_supervision", "mono_forward"])
+def test_issue_18_rules_match_bp_only_where_the_head_trains(method):
+    net, rule, x, y = make(method)
+    result = gradient_alignment(net, rule, x, y)
+    n = len(net.blocks)
+    assert set(result) == {f"block{i}/align_bp" for i in range(n)} | {"head/align_bp"}
+    # The last block and head get the head's loss alone in both (no companion there); block 0 gets more (deep
+    # supervision) or only its own loss (Mono-Forward).
+    assert result[f"block{n - 1}/align_bp"] == pytest.approx(1.0, abs=1e-5) and result["block0/align_bp"] < 0.99
+
+
 def test_alignment_leaves_the_module_untouched():
     net, rule, x, y = make("dgl")
     module = nn.ModuleList([net, rule])
@@ -193,7 +204,7 @@ def test_probe_on_digits(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ locality
 LOCAL_RULES = ["dgl", "dni", "cdni", "ssl", "predsim", "infopro", "random_features", "auglocal", "drtp",
-               "forward_gradient"]
+               "forward_gradient", "mono_forward"]
 MLP_FF = ["model=mlp", "model.widths=[12,10,8]", "model.head_hidden=[16]"]
 
 

@@ -99,6 +99,7 @@ def test_bad_resnet_keys_are_one_line_before_any_data(tmp_path):
 RULES = ["bp", "dgl", "random_features", "dni", "cdni", "ssl", "predsim", "infopro", "fa", "sign_symmetry", "dfa",
          "auglocal", "drtp", "forward_gradient",
          "target_prop"]  # target_prop: a block is a black box to its target regression
+RULES += ["deep_supervision", "mono_forward"]
 MODELS = {"resnet20": ["model=resnet20", "model.width_mult=0.5"], "resnet18": ["model=resnet18", "model.stem=cifar"]}
 
 

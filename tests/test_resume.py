@@ -40,6 +40,9 @@ CASES = {
     # tangents keyed to (seed, batch): the rule's extra state
     "forward_gradient": (["method=forward_gradient", *CNN], (1, 1)),
     "target_prop": (["method=target_prop", "method.variant=ldrl", *CNN], (1, 1)),  # learned feedback, noise draws
+    # the companion weight decays with the epoch (rule.begin_epoch) and the second view draws random shifts
+    "deep_supervision_contrastive": (["method=deep_supervision", "method.variant=contrastive", "method.decay=linear",
+                                      "method.aux.hidden_dim=16", "method.proj_dim=8", *CNN], (1, 0)),
 }
 
 

@@ -208,11 +208,14 @@ class LayerwiseModule(L.LightningModule):
     def on_train_start(self) -> None:
         # One scale update per batch, not per optimizer step (see layerwise.core.acceleration).
         self._scaler = install_batch_scaler(self.trainer.precision_plugin)
+        # A resumed run re-enters its epoch without on_train_epoch_start: the rule learns the epoch here too.
+        self.rule.begin_epoch(self.current_epoch, self.max_epochs)
         # With a gradient scaler (16-mixed) an inf gradient is routine: the scaler skips that step itself.
         self.guard.check_grads = self._scaler is None
 
     def on_train_epoch_start(self) -> None:
         self._catch_up_schedulers(self.current_epoch)
+        self.rule.begin_epoch(self.current_epoch, self.max_epochs)
         self.guard.begin_epoch(self.current_epoch)
         self._samples = 0
         self._t_first = self._t_last = time.perf_counter()

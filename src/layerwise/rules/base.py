@@ -13,6 +13,7 @@ Two optional hooks cover rules whose signal needs more than one block's view:
   input image a reconstruction loss targets).
 - `after_backward(i)`: signals that became computable once stage i's backward ran (e.g. a synthesizer's
   regression target is the gradient that reached the next block's input); keyed by metric prefix.
+`begin_epoch(epoch, max_epochs)` serves signals scheduled over training (deep supervision's decaying weight).
 Rules never import Lightning: they work on plain tensors and modules.
 """
 from __future__ import annotations
@@ -110,6 +111,10 @@ class LearningRule(nn.Module):
 
     def begin_batch(self, net: Network, x: torch.Tensor, y: torch.Tensor) -> None:
         """Called with the whole batch before block 0 runs."""
+
+    def begin_epoch(self, epoch: int, max_epochs: int) -> None:
+        """Called before each training epoch (0-based) and when training (re)starts, so a resumed run's rule knows
+        the epoch it continues: for signals scheduled over training, e.g. deep supervision's decaying weight."""
 
     def block_input(self, i: int, x: torch.Tensor) -> torch.Tensor:
         # Local rules cut the graph between blocks; unless `detach_head`, the head backpropagates into the

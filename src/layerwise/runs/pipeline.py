@@ -43,8 +43,9 @@ from layerwise.runs.summary import mean_after_first, write_json_atomic
 
 #: Rules whose every block trains on a local signal (nothing flows backward between blocks), and whether the
 #: local loss needs the batch's input image as well (a reconstruction target: ssl, infopro). drtp's signal is the
-#: label through a fixed B_i; auglocal's each block's own aux network: local too.
-PIPELINE_RULES = {"dgl": False, "predsim": False, "ssl": True, "infopro": True, "drtp": False, "auglocal": False}
+#: label through a fixed B_i; auglocal's and mono_forward's each block's own aux network or projection: local too.
+PIPELINE_RULES = {"dgl": False, "predsim": False, "ssl": True, "infopro": True, "drtp": False, "auglocal": False,
+                  "mono_forward": False}
 
 
 def check_pipeline_rule(cfg: DictConfig):
@@ -52,7 +53,7 @@ def check_pipeline_rule(cfg: DictConfig):
     rule = build_rule(cfg.method)
     if getattr(rule, "pipeline_refusal", None):  # a rule that says itself why it cannot be pipelined
         raise ConfigError(rule.pipeline_refusal)
-    fix = "use method=dgl (or predsim, ssl, infopro, drtp, auglocal), or trainer=default"
+    fix = "use method=dgl (or predsim, ssl, infopro, drtp, auglocal, mono_forward), or trainer=default"
     if rule.name == "forward_forward":  # local, but a stage's evaluation runs its blocks and the head as they are
         raise ConfigError("trainer=pipeline cannot run method=forward_forward: its prediction embeds every label "
                           "in the image and sums goodness over the whole network, which per-stage evaluation "
