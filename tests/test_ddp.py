@@ -53,7 +53,7 @@ def _fit(overrides: list[str], processes: int, epochs: int, start_method: str = 
     return params, {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 
-@pytest.mark.parametrize("method", ["bp", "dgl", "dfa", "dni"])
+@pytest.mark.parametrize("method", ["bp", "dgl", "dfa", "dni", "kolen_pollack", "weight_mirror"])
 def test_two_processes_match_one_process(method):
     """2 processes x 32 samples vs 1 process x 64, two batches per epoch.
 

@@ -96,7 +96,8 @@ def test_bad_resnet_keys_are_one_line_before_any_data(tmp_path):
     assert "data synthetic:" not in proc.stdout + proc.stderr  # refused by the config check, before the data is loaded
 
 
-RULES = ["bp", "dgl", "random_features", "dni", "cdni", "ssl", "predsim", "infopro", "fa", "sign_symmetry", "dfa"]
+RULES = ["bp", "dgl", "random_features", "dni", "cdni", "ssl", "predsim", "infopro", "fa", "sign_symmetry", "dfa",
+         "kolen_pollack", "weight_mirror", "pfa"]
 MODELS = {"resnet20": ["model=resnet20", "model.width_mult=0.5"], "resnet18": ["model=resnet18", "model.stem=cifar"]}
 
 

@@ -35,6 +35,10 @@ CASES = {
     "predsim": (["method=predsim", *CNN], (1, 2)),
     "sign_symmetry_brsf": (["method=sign_symmetry", "method.variant=brsf", *CNN], (1, 1)),
     "forward_forward": (["method=forward_forward", *MLP, "optimizer=adam", "optimizer.lr=0.01"], (1, 1)),
+    # learned feedback: kolen_pollack's B is a parameter (with momentum); weight_mirror's B is a buffer rewritten
+    # from seeded noise (its seed and step count are buffers too)
+    "kolen_pollack": (["method=kolen_pollack", *CNN], (1, 1)),
+    "weight_mirror": (["method=weight_mirror", *CNN], (0, 2)),
 }
 
 

@@ -9,9 +9,10 @@ and two matrices, never through a synapse paired with a forward one:
     ΔW = -η δ xᵀ - λ W      ΔR = -η δ_mid xᵀ - λ R  (= -η Bᵀ δ xᵀ - λ R)
 
 R learns from quantities local to its synapses (the extra population's error δ_mid and the layer's input x), and
-since R's gradient is Bᵀ·(W's gradient), B·R moves by B Bᵀ times W's gradient step. B is drawn with variance 1/mid, so E[B Bᵀ] = I and B Bᵀ → I
-as expand_ratio grows: with weight decay, B·R aligns with W (the alignment diagnostic's angle_wb measures the
-angle between W and B·R). For a conv, R is a (mid, in, k, k) kernel and B a 1x1 conv from out to mid channels.
+since R's gradient is Bᵀ·(W's gradient), B·R moves by B Bᵀ times W's gradient step. B is drawn with variance
+1/mid, so E[B Bᵀ] = I and B Bᵀ → I as expand_ratio grows: with weight decay, B·R aligns with W (the alignment
+diagnostic's angle_wb measures the angle between W and B·R). For a conv, R is a (mid, in, k, k) kernel and B a
+1x1 conv from out to mid channels.
 
 Sources: the paper's abstract, and the authors' code (their biotorch fork, mode "tfa"), which computes exactly
 δ_mid = Bᵀδ, δ_x through R, R's gradient δ_mid xᵀ, and trains R with the forward weights' optimizer and weight
