@@ -107,7 +107,7 @@ def test_weight_mirror_step_is_hebbian_with_decay_and_b_converges_to_w():
     """ΔB = η⟨y ξᵀ⟩ - λB (B in W's layout), with the rule's own noise; repeated, B → (η σ²/λ) W."""
     cfg = ["model=mlp", "model.widths=[12]", "model.head_hidden=[]", "method=weight_mirror",
            "method.mirror.lr=0.2", "method.mirror.decay=0.1", "method.mirror.noise_std=0.5",
-           "method.mirror.batch_size=1024"]
+           "method.mirror.batch_size=512"]
     c = compose_cfg(cfg)
     torch.manual_seed(0)
     net, rule = build_network(c.model, InputSpec(1, 4, 3)), build_rule(c.method)
@@ -116,15 +116,15 @@ def test_weight_mirror_step_is_hebbian_with_decay_and_b_converges_to_w():
     assert len(layers) == 2 and layers[0].feedback.in_shape == (16,)
     before = [m.feedback.matrix.clone() for m in layers]
     gen = torch.Generator().manual_seed(int(rule.mirror_seed) * 1_000_003 + 0)  # the rule's first mirror step
-    xis = [torch.randn((1024, *m.feedback.in_shape), generator=gen) * 0.5 for m in layers]
+    xis = [torch.randn((512, *m.feedback.in_shape), generator=gen) * 0.5 for m in layers]
     rule.begin_batch(net, None, None)
     assert int(rule.mirror_steps_done) == 1
     for m, b0, xi in zip(layers, before, xis):
         y = xi @ m.weight.detach().t()
-        torch.testing.assert_close(m.feedback.matrix, 0.9 * b0 + 0.2 * (y.t() @ xi) / 1024)
+        torch.testing.assert_close(m.feedback.matrix, 0.9 * b0 + 0.2 * (y.t() @ xi) / 512)
     geo = feedback_geometry(net)
     assert geo["angle_wb"] > 30  # one step from a random B: still far
-    for _ in range(80):
+    for _ in range(60):
         rule.begin_batch(net, None, None)
     geo = feedback_geometry(net)
     assert geo["angle_wb"] < 5 and geo["norm_ratio_bw"] == pytest.approx(0.2 * 0.25 / 0.1, rel=0.1)
@@ -222,6 +222,7 @@ def test_kolen_pollack_learns_digits_and_its_w_b_angle_falls(tmp_path):
                        "diagnostics=alignment", "diagnostics.alignment.every_n_steps=5"], tmp_path)
     assert summary["test_acc"] > 0.8, summary  # measured 0.0 (see the report); chance is 0.10
     angles = _angles(tmp_path, 0)
+    print("MEASURED kolen_pollack", summary["test_acc"], angles)
     assert len(angles) >= 5 and angles[0] > 70
     assert angles[-1] < angles[0] - 30 and all(b <= a + 1 for a, b in zip(angles, angles[1:]))
 
@@ -229,5 +230,6 @@ def test_kolen_pollack_learns_digits_and_its_w_b_angle_falls(tmp_path):
 @pytest.mark.parametrize("method", ["weight_mirror", "pfa"])
 def test_learns_digits(method, tmp_path):
     summary = fit_cfg([*DIGITS, f"method={method}"], tmp_path)
+    print("MEASURED", method, summary["test_acc"])
     assert summary["test_acc"] > 0.8, summary  # measured 0.0 (see the report); chance is 0.10
     assert not math.isnan(summary["test_acc"])

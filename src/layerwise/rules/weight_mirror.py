@@ -105,11 +105,13 @@ class WeightMirror(FeedbackAlignment):
         device = layers[0].weight.device
         gen = torch.Generator(device=device)
         gen.manual_seed(int(self.mirror_seed) * 1_000_003 + int(self.mirror_steps_done))
-        for layer in layers:
-            b = layer.feedback.matrix
-            xi = torch.randn((int(cfg.batch_size), *layer.feedback.in_shape), generator=gen, device=device,
-                             dtype=layer.weight.dtype) * float(cfg.noise_std)
-            b.mul_(1.0 - float(cfg.decay)).add_(mirror_correlation(layer, xi).to(b.dtype), alpha=float(cfg.lr))
+        # B's own precision, whatever trainer.precision autocasts the training step to
+        with torch.autocast(device_type=device.type, enabled=False):
+            for layer in layers:
+                b = layer.feedback.matrix
+                xi = torch.randn((int(cfg.batch_size), *layer.feedback.in_shape), generator=gen, device=device,
+                                 dtype=layer.weight.dtype) * float(cfg.noise_std)
+                b.mul_(1.0 - float(cfg.decay)).add_(mirror_correlation(layer, xi).to(b.dtype), alpha=float(cfg.lr))
         self.mirror_steps_done += 1
 
     def begin_batch(self, net, x, y) -> None:
