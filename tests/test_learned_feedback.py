@@ -220,16 +220,15 @@ def test_kolen_pollack_learns_digits_and_its_w_b_angle_falls(tmp_path):
     the fall visible within 3 short epochs (B - W shrinks by lr·wd per step besides the shared updates)."""
     summary = fit_cfg([*DIGITS_MLP, "method=kolen_pollack", "optimizer.weight_decay=0.05", "logger=csv",
                        "diagnostics=alignment", "diagnostics.alignment.every_n_steps=5"], tmp_path)
-    assert summary["test_acc"] > 0.8, summary  # measured 0.0 (see the report); chance is 0.10
-    angles = _angles(tmp_path, 0)
-    print("MEASURED kolen_pollack", summary["test_acc"], angles)
+    # measured 0.828 (weight decay 0.05 costs the MLP accuracy; it is there for the angle); chance is 0.10
+    assert summary["test_acc"] > 0.75, summary
+    angles = _angles(tmp_path, 0)  # measured 89.9 -> 51.8 degrees over 14 measurements, falling throughout
     assert len(angles) >= 5 and angles[0] > 70
     assert angles[-1] < angles[0] - 30 and all(b <= a + 1 for a, b in zip(angles, angles[1:]))
 
 
-@pytest.mark.parametrize("method", ["weight_mirror", "pfa"])
-def test_learns_digits(method, tmp_path):
+@pytest.mark.parametrize("method, floor", [("weight_mirror", 0.9), ("pfa", 0.85)])  # measured 0.956, 0.914
+def test_learns_digits(method, floor, tmp_path):
     summary = fit_cfg([*DIGITS, f"method={method}"], tmp_path)
-    print("MEASURED", method, summary["test_acc"])
-    assert summary["test_acc"] > 0.8, summary  # measured 0.0 (see the report); chance is 0.10
+    assert summary["test_acc"] > floor, summary  # chance is 0.10
     assert not math.isnan(summary["test_acc"])
