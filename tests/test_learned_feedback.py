@@ -232,3 +232,18 @@ def test_learns_digits(method, floor, tmp_path):
     summary = fit_cfg([*DIGITS, f"method={method}"], tmp_path)
     assert summary["test_acc"] > floor, summary  # chance is 0.10
     assert not math.isnan(summary["test_acc"])
+
+
+def test_the_sweep_table_shows_the_final_w_b_angle_when_a_run_has_one():
+    from rich.console import Console
+
+    from layerwise.reporting.report import runs_table
+
+    rows = [{"method": "bp", "status": "completed", "test_acc": 0.9},
+            {"method": "kolen_pollack", "status": "completed", "test_acc": 0.9, "angle_wb": [59.41, 33.5, None]}]
+    console = Console(width=250, record=True)
+    console.print(runs_table(rows))
+    text = console.export_text()
+    assert "W/B angle °" in text and "59.4 33.5 -" in text
+    console.print(runs_table(rows[:1]))
+    assert "W/B angle" not in console.export_text()
