@@ -425,9 +425,10 @@ def group_stats(g: Group, include_incomplete: bool, metric: str | None = None) -
     s = {"runs": len(g.runs), "done": len(g.done), "used": len(runs)}
     for key in ("test_acc", "best_test_acc", "imgs_per_sec", "peak_activation_mb", "wall_s", "epochs_done"):
         s[key] = mean_std(r.value(key) for r in runs)
-    blocks = [r.value("block_test_acc") or [] for r in runs]
-    s["block_test_acc"] = [mean_std(b[i] if i < len(b) else None for b in blocks)[0]
-                           for i in range(max(map(len, blocks), default=0))]
+    for key in ("block_test_acc", "angle_wb"):  # per-block lists; angle_wb: diagnostics=alignment, feedback rules
+        blocks = [r.value(key) or [] for r in runs]
+        s[key] = [mean_std(b[i] if i < len(b) else None for b in blocks)[0]
+                  for i in range(max(map(len, blocks), default=0))]
     if metric:
         s["metric"] = mean_std(r.last(metric) for r in runs)
     return s
@@ -443,9 +444,13 @@ def table_rows(groups: list[Group], include_incomplete: bool, metric: str | None
     header = list(COLUMNS)
     if extra:
         header.insert(COLUMNS.index("per-block test acc %"), f"last {extra}" + (" %" if _is_acc(extra) else ""))
+    stats = [group_stats(g, include_incomplete, extra) for g in groups]
+    # The W/B angle (degrees, per block, last measured) where any run of a feedback rule logged one.
+    angles = any(any(a is not None for a in s["angle_wb"]) for s in stats)
+    if angles:
+        header.insert(header.index("img/s"), "final W/B angle °")
     rows = []
-    for g in groups:
-        s = group_stats(g, include_incomplete, extra)
+    for g, s in zip(groups, stats):
         seeds = str(s["runs"]) if s["done"] == s["runs"] else f"{s['runs']} ({s['done']} done)"
         ep = s["epochs_done"][0]
         cells = [str(g.id), g.ident("method"), g.ident("model"), g.ident("data"), g.label or "-", seeds,
@@ -453,8 +458,10 @@ def table_rows(groups: list[Group], include_incomplete: bool, metric: str | None
                  fmt_mean_std(*s["test_acc"][:2]), fmt_mean_std(*s["best_test_acc"][:2])]
         if extra:
             cells.append(fmt_mean_std(*s["metric"][:2], percent=_is_acc(extra)))
-        cells += [" ".join(pct(b) for b in s["block_test_acc"]) or "-", num(s["imgs_per_sec"][0], 0),
-                  num(s["peak_activation_mb"][0], 1), num(s["wall_s"][0], 1)]
+        cells.append(" ".join(pct(b) for b in s["block_test_acc"]) or "-")
+        if angles:
+            cells.append(" ".join(num(a, 1) for a in s["angle_wb"]) or "-")
+        cells += [num(s["imgs_per_sec"][0], 0), num(s["peak_activation_mb"][0], 1), num(s["wall_s"][0], 1)]
         rows.append(cells)
     return header, rows
 

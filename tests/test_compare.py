@@ -217,6 +217,23 @@ def test_metric_option_adds_a_column_and_plots_its_pair(sweep, tmp_path, capsys)
     assert compare.counterpart("train/loss") == "test/loss"
 
 
+def test_feedback_runs_add_a_final_w_b_angle_column(tmp_path, capsys):
+    """Runs with diagnostics=alignment on a feedback rule (summary.json "angle_wb", per block) get the column;
+    the other groups show "-" in it, and a table without such runs has no column."""
+    root = tmp_path / "sweep"
+    make_run(root / "0", method="bp", seed=0, lr=0.1, test=[0.5, 0.6], train=[0.5, 0.6])
+    fa = make_run(root / "1", method="fa", seed=0, lr=0.1, test=[0.4, 0.5], train=[0.4, 0.5])
+    summary = json.loads((fa / "summary.json").read_text())
+    (fa / "summary.json").write_text(json.dumps({**summary, "angle_wb": [88.04, None, 30.0]}))
+    rc, out, _ = run_main(capsys, root, "--no-plots", "--out", tmp_path / "r")
+    assert rc == 0
+    header, rows = parse_table(out)
+    assert header.index("final W/B angle °") == header.index("img/s") - 1
+    assert {r["method"]: r["final W/B angle °"] for r in rows} == {"bp": "-", "fa": "88.0 - 30.0"}
+    rc, out, _ = run_main(capsys, root / "0", "--no-plots", "--out", tmp_path / "r0")
+    assert "W/B angle" not in out
+
+
 # ------------------------------------------------------------------------------------------ plots
 
 def _png_size(path: Path) -> tuple[int, int]:

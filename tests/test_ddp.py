@@ -55,7 +55,8 @@ def _fit(overrides: list[str], processes: int, epochs: int, start_method: str = 
 
 # forward_gradient: its weight tangents are keyed to (seed, batch), the same on every process
 @pytest.mark.parametrize("method", ["bp", "dgl", "dfa", "dni",
-                                    "forward_gradient method.estimator=weight method.loss=global"])
+                                    "forward_gradient method.estimator=weight method.loss=global",
+                                    "kolen_pollack", "weight_mirror"])
 def test_two_processes_match_one_process(method):
     """2 processes x 32 samples vs 1 process x 64, two batches per epoch.
 

@@ -100,6 +100,7 @@ RULES = ["bp", "dgl", "random_features", "dni", "cdni", "ssl", "predsim", "infop
          "auglocal", "drtp", "forward_gradient",
          "target_prop"]  # target_prop: a block is a black box to its target regression
 RULES += ["deep_supervision", "mono_forward"]
+RULES += ["kolen_pollack", "weight_mirror", "pfa"]
 MODELS = {"resnet20": ["model=resnet20", "model.width_mult=0.5"], "resnet18": ["model=resnet18", "model.stem=cifar"]}
 
 

@@ -43,6 +43,10 @@ CASES = {
     # the companion weight decays with the epoch (rule.begin_epoch) and the second view draws random shifts
     "deep_supervision_contrastive": (["method=deep_supervision", "method.variant=contrastive", "method.decay=linear",
                                       "method.aux.hidden_dim=16", "method.proj_dim=8", *CNN], (1, 0)),
+    # learned feedback: kolen_pollack's B is a parameter (with momentum); weight_mirror's B is a buffer rewritten
+    # from seeded noise (its seed and step count are buffers too)
+    "kolen_pollack": (["method=kolen_pollack", *CNN], (1, 1)),
+    "weight_mirror": (["method=weight_mirror", *CNN], (0, 2)),
 }
 
 

@@ -2,7 +2,8 @@
 
 - `GradientAlignment`: every N training batches, before the batch's training step, how well the rule's
   gradient for each block points along the true end-to-end backprop gradient (cosine), and for
-  feedback-alignment layers the angle between W and its feedback matrix B.
+  feedback-alignment layers the angle between W and its feedback matrix B and the norm ratio |B|/|W|, over
+  training (learned feedback: kolen_pollack, weight_mirror, pfa's product B·R).
 - `LinearProbe`: after training, how linearly separable each block's features are (test accuracy of a
   linear softmax classifier on frozen, pooled features).
 - `Locality` (layerwise.diagnostics.locality): on the first batch, which blocks each of the rule's signals reaches.
@@ -71,8 +72,14 @@ def _zero_grads(*modules: nn.Module) -> None:
             p.grad = None
 
 
+def _feedback_params(module: nn.Module) -> set[int]:
+    return {id(p) for m in module.modules() if isinstance(m, FeedbackLayer) for p in m.feedback.parameters()}
+
+
 def _flat_grads(module: nn.Module) -> tuple[list[nn.Parameter], torch.Tensor | None]:
-    params = [p for p in module.parameters() if p.grad is not None]
+    # A learned feedback matrix (kolen_pollack's B, pfa's R) has no BP counterpart: not part of the cosine.
+    feedback = _feedback_params(module)
+    params = [p for p in module.parameters() if p.grad is not None and id(p) not in feedback]
     return params, (torch.cat([p.grad.flatten() for p in params]) if params else None)
 
 

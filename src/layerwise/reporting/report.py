@@ -36,8 +36,10 @@ def runs_table(rows: list[dict], title: str = "layerwise runs") -> Table:
     table = Table(title=title)
     # A sweep's jobs differ in their own overrides (an Optuna trial's sampled values): shown when any row has them.
     own = any(r.get("_own") for r in rows)
+    # The final W/B angle per block (diagnostics=alignment with a feedback rule), when any run measured one.
+    angles = any(any(a is not None for a in r.get("angle_wb") or []) for r in rows)
     for col in ("method", "model", "data", "seed", *(["overrides"] if own else []), "status", "test acc %",
-                "best %", "per-block acc %", "img/s", "peak act MB", "wall s"):
+                "best %", "per-block acc %", *(["W/B angle °"] if angles else []), "img/s", "peak act MB", "wall s"):
         table.add_column(col, justify="left" if col in ("method", "model", "data", "overrides", "status")
                          else "right")
     for r in rows:
@@ -46,6 +48,7 @@ def runs_table(rows: list[dict], title: str = "layerwise runs") -> Table:
         table.add_row(str(r.get("method")), str(r.get("model")), str(r.get("data")), str(r.get("seed")),
                       *([r.get("_own") or "-"] if own else []),
                       str(r.get("status")), _pct(r.get("test_acc")), _pct(r.get("best_test_acc")), blocks,
+                      *([" ".join(_num(a, 1) for a in r.get("angle_wb") or []) or "-"] if angles else []),
                       _num(ips, 0), _num(r.get("peak_activation_mb"), 1), _num(r.get("wall_s"), 1))
     return table
 

@@ -5,6 +5,7 @@ sign-symmetry), and the random matrices those rules (and DFA) draw.
 original layer's parameters; in backward, the input gradient uses B (from their `feedback` module) while the
 weight and bias gradients are the true ones. `convert_layers` swaps them in place of a network's layers.
 Inside `exact_gradients()` they behave like the plain layers (the alignment diagnostic's true-BP reference).
+A learned B (a `feedback` whose output requires grad: kolen_pollack, pfa) receives W's gradient as its own.
 """
 from __future__ import annotations
 
@@ -134,6 +135,12 @@ class SignMagnitudeFeedback(nn.Module):
 
 
 # ----------------------------------------------------------------------------- autograd
+def _feedback_grad(ctx, grad_w, feedback):
+    """A learned B (one that requires grad) receives W's own gradient: Kolen-Pollack's ΔB = ΔWᵀ in W's layout
+    (B is stored shaped like W), and through autograd whatever B is built from (PFA's R gets Bᵀ·∂W)."""
+    return grad_w.to(feedback.dtype) if ctx.needs_input_grad[3] else None
+
+
 class _LinearFeedback(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
@@ -148,9 +155,11 @@ class _LinearFeedback(torch.autograd.Function):
         x, feedback = ctx.saved_tensors
         g2 = grad_out.reshape(-1, grad_out.shape[-1])
         grad_x = grad_out @ feedback.to(grad_out.dtype) if ctx.needs_input_grad[0] else None
-        grad_w = g2.t() @ x.reshape(-1, x.shape[-1]).to(g2.dtype) if ctx.needs_input_grad[1] else None
+        need_w = ctx.needs_input_grad[1] or ctx.needs_input_grad[3]
+        grad_w = g2.t() @ x.reshape(-1, x.shape[-1]).to(g2.dtype) if need_w else None
         grad_b = g2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_x, grad_w, grad_b, None
+        return (grad_x, grad_w if ctx.needs_input_grad[1] else None, grad_b,
+                _feedback_grad(ctx, grad_w, feedback))
 
 
 class _Conv2dFeedback(torch.autograd.Function):
@@ -169,11 +178,12 @@ class _Conv2dFeedback(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = conv2d_input(x.shape, feedback.to(grad_out.dtype), grad_out, *ctx.conv)
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[3]:
             grad_w = conv2d_weight(x.to(grad_out.dtype), ctx.weight_shape, grad_out, *ctx.conv)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_out.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b, None, None, None, None, None
+        return (grad_x, grad_w if ctx.needs_input_grad[1] else None, grad_b, _feedback_grad(ctx, grad_w, feedback),
+                None, None, None, None)
 
 
 # ----------------------------------------------------------------------------- layers
