@@ -151,7 +151,7 @@ def test_help_lists_choices_and_legacy_flags_without_importing_torch(tmp_path):
     res = run_cli(["--help"], tmp_path, env={"PYTHONPROFILEIMPORTTIME": "1"}, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     groups = res.stdout.split("== Configuration groups ==")[1].split("==")[0]
-    assert "method: bp, cdni, dfa, dgl" in groups and "trainer: ddp, default" in groups
+    assert "method: auglocal, bp, cdni, deep_supervision" in groups and "trainer: ddp, default" in groups
     assert "shared" not in groups  # conf/shared: pieces other configs include, not a choice
     catalog = res.stdout.split("== What they are ==")[1].split("== Legacy flags ==")[0]
     lines = {line.split()[0]: line.split(None, 1)[1] for line in catalog.splitlines()
