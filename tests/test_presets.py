@@ -40,7 +40,12 @@ NO_TINY_STEP = {"belilovsky_dgl_imagenet"}
 # Presets whose jobs repeat another preset's variants on a deeper net: `make test` trains only the job named here
 # (ResNet-110's deepest split); the others are slow, as wang_infopro_resnet32_cifar10 trains the same variant
 # files and test_schema validates every ResNet-110 job's config.
-ONE_FAST_JOB = {"wang_infopro_resnet110_cifar10": "experiment/variants/wang_infopro=resnet110_k16"}
+ONE_FAST_JOB = {"wang_infopro_resnet110_cifar10": "experiment/variants/wang_infopro=resnet110_k16",
+                # ResNet-110 at K=55 builds 51 aux networks; the resnet32 job trains the same rule and options
+                "ma_auglocal_cifar10": "experiment/variants/ma_auglocal=resnet32"}
+# Presets whose one job is slow and repeats a cheaper test: test_resnets runs forward_gradient on ResNet-18 with the
+# CIFAR stem, test_schema and test_preset_composes_from_the_cli validate the preset's config.
+SLOW_PRESETS = {"fournier_fg_resnet18_cifar10"}
 
 
 @functools.lru_cache(maxsize=None)
@@ -133,7 +138,8 @@ def test_preset_header_names_its_numbers_and_tags(name):
 def _tiny_params():
     slow = [pytest.mark.slow]
     return [pytest.param(name, job, id=_job_id((name, job)),
-                         marks=slow if name in ONE_FAST_JOB and ONE_FAST_JOB[name] not in (job or []) else [])
+                         marks=slow if name in SLOW_PRESETS or (name in ONE_FAST_JOB
+                                                                and ONE_FAST_JOB[name] not in (job or [])) else [])
             for name, job in TINY_JOBS]
 
 

@@ -38,7 +38,7 @@ CASES = {
                          "method.collaborative=true", "optimizer=adam", "optimizer.lr=0.01"], (1, 1)),
     "auglocal": (["method=auglocal", *CNN], (0, 1)),  # new state: the aux networks' layer copies
     # tangents keyed to (seed, batch): the rule's extra state
-    "forward_gradient": (["method=forward_gradient", *CNN], (1, 1)),
+    "forward_gradient": (["method=forward_gradient", *MLP], (1, 1)),
     "target_prop": (["method=target_prop", "method.variant=ldrl", *CNN], (1, 1)),  # learned feedback, noise draws
     # the companion weight decays with the epoch (rule.begin_epoch) and the second view draws random shifts
     "deep_supervision_contrastive": (["method=deep_supervision", "method.variant=contrastive", "method.decay=linear",
