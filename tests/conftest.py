@@ -50,6 +50,32 @@ def fit_cfg(overrides: list[str], run_dir: Path) -> dict:
     return fit(compose_cfg(overrides), run_dir)
 
 
+def rule_on_random_batch(method: str, overrides: list[str], spec, n: int = 12):
+    """(cfg, net, rule, x, y): method=`method` set up on a seeded random batch of `n` shaped by `spec` (for the
+    rules' math tests, which replay one step by hand)."""
+    import torch
+
+    from layerwise.models import build_network
+    from layerwise.rules import build_rule
+
+    cfg = compose_cfg([f"method={method}", "optimizer.scheduler.name=none", *overrides])
+    torch.manual_seed(0)
+    net = build_network(cfg.model, spec)
+    rule = build_rule(cfg.method)
+    x = torch.randn(n, spec.channels, spec.size, spec.size)
+    y = torch.randint(0, spec.num_classes, (n,))
+    rule.setup(net, x, spec.num_classes)
+    return cfg, net, rule, x, y
+
+
+def one_backward(net, rule, x, y):
+    """The loop's backward for one batch (run_batch without stepping): gradients land in .grad."""
+    from layerwise.core.batch import backward_only, run_batch
+
+    net.zero_grad(set_to_none=True)
+    run_batch(net, rule, x, y, backward_only, lambda i: None)
+
+
 def small_module(overrides: list[str], spec, batch: int = 16):
     """A LayerwiseModule for `overrides` on a random batch shaped by `spec` (labels cycle through the classes)."""
     import torch

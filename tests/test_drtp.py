@@ -4,11 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import compose_cfg, fit_cfg
+from conftest import compose_cfg, fit_cfg, one_backward, rule_on_random_batch
 from layerwise.config.checks import check_config
-from layerwise.core.batch import backward_only, run_batch
 from layerwise.errors import ConfigError
-from layerwise.models import InputSpec, build_network
+from layerwise.models import InputSpec
 from layerwise.rules import build_rule
 
 SPEC = InputSpec(1, 4, 5)  # 16 inputs, 5 classes
@@ -16,19 +15,8 @@ CNN = ["model=basic_cnn", "model.channels=[4,6]", "model.kernel_size=3", "model.
 
 
 def make(overrides, spec=SPEC, n=12):
-    cfg = compose_cfg(["method=drtp", "optimizer.scheduler.name=none", *overrides])
-    torch.manual_seed(0)
-    net = build_network(cfg.model, spec)
-    rule = build_rule(cfg.method)
-    x = torch.randn(n, spec.channels, spec.size, spec.size)
-    y = torch.randint(0, spec.num_classes, (n,))
-    rule.setup(net, x, spec.num_classes)
-    return net, rule, x, y
+    return rule_on_random_batch("drtp", overrides, spec, n)[1:]
 
-
-def one_backward(net, rule, x, y):
-    net.zero_grad(set_to_none=True)
-    run_batch(net, rule, x, y, backward_only, lambda i: None)
 
 
 @pytest.mark.parametrize("injection", ["post", "pre"])
