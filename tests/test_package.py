@@ -61,7 +61,7 @@ def test_the_installed_command_uses_the_wheels_configs_from_any_directory(wheel:
     res = _run([target / "bin" / "layerwise", "--help"], elsewhere, env)
     assert res.returncode == 0, res.stderr[-2000:]
     groups = res.stdout.split("== Configuration groups ==")[1].split("==")[0]
-    assert "method: bp, cdni, dfa, dgl" in groups and "model: " in groups and "data: " in groups
+    assert "method: auglocal, bp, cdni, deep_supervision" in groups and "model: " in groups and "data: " in groups
 
     res = _run([sys.executable, "-m", "layerwise", "--cfg", "job", "--resolve", "data=digits",
                 "model=mlp"], elsewhere, env)

@@ -42,7 +42,13 @@ NO_TINY_STEP = {"belilovsky_dgl_imagenet"}
 # files and test_schema validates every ResNet-110 job's config.
 ONE_FAST_JOB = {"wang_infopro_resnet110_cifar10": "experiment/variants/wang_infopro=resnet110_k16",
                 # ResNet-110 at K=55 builds 51 aux networks; the resnet32 job trains the same rule and options
-                "ma_auglocal_cifar10": "experiment/variants/ma_auglocal=resnet32"}
+                "ma_auglocal_cifar10": "experiment/variants/ma_auglocal=resnet32",
+                # the comparison tables' jobs are each rule at its defaults, trained by the rules' own tests and the
+                # smoke table (test_training); one job each keeps the preset's own settings tested here
+                "local_rules_digits": "experiment/variants/local_rules_digits=forward_forward",
+                "learned_feedback_digits": "method=pepita",
+                # bp/fa/usf/dfa variant files are trained by the biotorch_lenet presets; frsf shares brsf's code path
+                "biotorch_resnet20_cifar10": "experiment/variants/biotorch=brsf"}
 # Presets whose one job is slow and repeats a cheaper test: test_resnets runs forward_gradient on ResNet-18 with the
 # CIFAR stem, test_schema and test_preset_composes_from_the_cli validate the preset's config.
 SLOW_PRESETS = {"fournier_fg_resnet18_cifar10"}
