@@ -105,6 +105,20 @@ def train_batches(module, x, y, batch_size):
     trainer.fit(module, train_dataloaders=loader)
 
 
+def assert_one_epoch_reaches(module, x, y, batch_size: int, expected: list, what: str) -> None:
+    """Trains (x, y) once through the real loop, then checks every parameter of module.net and module.rule (in that
+    order) moved and equals its entry of `expected` (the step a test replayed by hand); `what` names them."""
+    import torch
+
+    before = [p.detach().clone() for p in [*module.net.parameters(), *module.rule.parameters()]]
+    train_batches(module, x, y, batch_size=batch_size)
+    got = [*module.net.parameters(), *module.rule.parameters()]
+    assert len(got) == len(before) == len(expected)
+    for want, p, p_before in zip(expected, got, before):
+        assert not torch.equal(p, p_before), f"every {what} must be trained"
+        torch.testing.assert_close(p.detach(), want, atol=1e-6, rtol=1e-5)
+
+
 def run_cli(args: list[str], out_root: Path, env: dict | None = None, timeout: int = 300, **popen):
     full_env = {**os.environ, "LAYERWISE_OUTPUT_ROOT": str(out_root), **(env or {})}
     return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=out_root, env=full_env,

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import DIGITS, TINY, compose_cfg, fit_cfg, small_module, train_batches
+from conftest import DIGITS, TINY, assert_one_epoch_reaches, compose_cfg, fit_cfg, small_module, train_batches
 from layerwise.errors import ConfigError
 from layerwise.models import InputSpec, build_network
 from layerwise.rules import build_rule
@@ -97,16 +97,9 @@ def test_each_block_steps_on_its_own_local_loss_and_the_head_on_detached_feature
     ref_net, ref_rule = copy.deepcopy(module.net), copy.deepcopy(module.rule)
     n = len(ref_net.blocks)
     reference_steps(ref_net, ref_rule, x, y, lr, 0.7, loss, batch_size)
-    before = [p.detach().clone() for p in [*module.net.parameters(), *module.rule.parameters()]]
-
-    train_batches(module, x, y, batch_size=batch_size)
-
-    ref_params = [*ref_net.parameters(), *ref_rule.parameters()]
-    got = [*module.net.parameters(), *module.rule.parameters()]
-    assert len(got) == len(ref_params) == len(before)
-    for p_ref, p_got, p_before in zip(ref_params, got, before):
-        assert not torch.equal(p_got, p_before), "every block, local module and the head must be trained"
-        torch.testing.assert_close(p_got.detach(), p_ref.detach(), atol=1e-6, rtol=1e-5)
+    assert_one_epoch_reaches(module, x, y, batch_size, [p.detach() for p in [*ref_net.parameters(),
+                                                                             *ref_rule.parameters()]],
+                             "block, local module and the head")
     assert [g.name for g in module.groups] == [*(f"block{i}" for i in range(n)), "head"]
     assert [g.step_after for g in module.groups] == [*range(n), n]
     assert module.meter._live == 0  # every local graph was freed by its backward
