@@ -30,7 +30,15 @@ OPTIONS_MARKER = re.compile(r"<!-- group-options: ([\w/]+) -->")
 # ------------------------------------------------------------------------------------------------ one dataclass
 
 def field_comments(cls: type) -> dict[str, str]:
-    """Each field's comment in the source: the one on its line(s), after any comment lines right above it."""
+    """Each field's comment in the source, the subclass's over its bases' (an inherited field keeps its base's)."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        out.update(_own_field_comments(klass))
+    return out
+
+
+def _own_field_comments(cls: type) -> dict[str, str]:
+    """The fields written in `cls` itself: the comment on a field's line(s), after any comment lines right above."""
     try:
         source = textwrap.dedent(inspect.getsource(cls))
     except (OSError, TypeError):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from layerwise.errors import ConfigError
 from layerwise.options import one_of
@@ -40,14 +40,15 @@ class DfaFeedbackOptions(FeedbackOptions):
 
 @dataclass
 class DfaOptions(RuleOptions):
-    # post: B_i e is the gradient of the block output (paper; f' applies) | pre: the gradient of the last
-    # activation's input, skipping f', so model.activation=sign|step can learn
+    # post: B_i e (drtp: B_i y*) is the gradient of the block output (paper; f' applies) | pre: the gradient of
+    # the last activation's input, skipping f', so model.activation=sign|step can learn
     injection: str = "post"
     feedback: DfaFeedbackOptions = field(default_factory=DfaFeedbackOptions)
+    RULE: ClassVar[str] = "dfa"  # the method= named in check_scale's refusal (drtp reuses these options)
 
     def __post_init__(self) -> None:
         one_of(self, "injection", INJECTIONS)
-        check_scale(self.feedback.scale, "dfa")
+        check_scale(self.feedback.scale, self.RULE)
         check_shape(self.feedback.shape, self.injection)
 
     def zero_derivative_activations(self) -> str:
