@@ -86,6 +86,9 @@ class LearningRule(nn.Module):
     local = False
     #: True when the head trains on detached features too (every block has its own signal).
     detach_head = False
+    #: Why trainer=pipeline cannot run this rule although it is local, in one line (None: it can, or the pipeline's
+    #: own locality check decides); "{fix}" is replaced by the rules the pipeline does run.
+    pipeline_refusal: str | None = None
     #: Zero-derivative activations (model.activation=sign|step) pass no gradient. "refuse": the config check
     #: rejects them, as every rule that backpropagates through f' would train nothing; "train": the rule's
     #: signal skips f' (DFA, pre-activation injection); "warn": allowed though the blocks cannot learn (DFA,

@@ -147,6 +147,9 @@ class ForwardForward(LearningRule):
     Options = ForwardForwardOptions
     local = True
     detach_head = True
+    # local, but a pipeline stage's evaluation runs its blocks and the head as they are
+    pipeline_refusal = ("trainer=pipeline cannot run method=forward_forward: its prediction embeds every label in "
+                        "the image and sums goodness over the whole network, which per-stage evaluation cannot; {fix}")
 
     def __init__(self, cfg):
         super().__init__(cfg)

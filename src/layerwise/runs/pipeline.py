@@ -51,13 +51,9 @@ PIPELINE_RULES = {"dgl": False, "predsim": False, "ssl": True, "infopro": True, 
 def check_pipeline_rule(cfg: DictConfig):
     """The rule, if it can be pipelined; else one ConfigError naming the fix."""
     rule = build_rule(cfg.method)
-    if getattr(rule, "pipeline_refusal", None):  # a rule that says itself why it cannot be pipelined
-        raise ConfigError(rule.pipeline_refusal)
     fix = "use method=dgl (or predsim, ssl, infopro, drtp, auglocal, mono_forward), or trainer=default"
-    if rule.name == "forward_forward":  # local, but a stage's evaluation runs its blocks and the head as they are
-        raise ConfigError("trainer=pipeline cannot run method=forward_forward: its prediction embeds every label "
-                          "in the image and sums goodness over the whole network, which per-stage evaluation "
-                          f"cannot; {fix}")
+    if rule.pipeline_refusal:  # a rule that says itself why it cannot be pipelined
+        raise ConfigError(rule.pipeline_refusal.replace("{fix}", fix))
     if rule.name not in PIPELINE_RULES:
         raise ConfigError(f"trainer=pipeline needs a rule whose blocks learn from local losses only, but "
                           f"method={cfg.method.name} sends signals backward between blocks; {fix}")
