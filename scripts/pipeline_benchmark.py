@@ -2,6 +2,8 @@
 
     python scripts/pipeline_benchmark.py --model basic_cnn --batch-size 128 --steps 20
     python scripts/pipeline_benchmark.py --model vgg11c --device gpu      # on a GPU machine
+    python scripts/pipeline_benchmark.py --model mlp --override data.channels=1 \
+        --override 'model.widths=[1024,1024,1024,1024]' --batch-size 64      # FLOP-balanced blocks
 
 Training images per second in steady state (after `warmup` batches) at the last stage, on synthetic 32x32
 data, method=dgl, trainer=pipeline with buffer 0. On CPU the total thread budget is fixed (default 2): K=1 runs
@@ -17,7 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _cfg(model: str, batch_size: int, steps: int, stages: int, threads: int, warmup: int, device: str):
+def _cfg(model: str, batch_size: int, steps: int, stages: int, threads: int, warmup: int, device: str,
+         extra: list[str]):
     from hydra import compose, initialize_config_dir
 
     overrides = [f"model={model}", "method=dgl", "data=synthetic", "data.image_size=32",
@@ -25,20 +28,20 @@ def _cfg(model: str, batch_size: int, steps: int, stages: int, threads: int, war
                  f"data.n_test={batch_size}", "trainer=pipeline", f"trainer.pipeline.stages={stages}",
                  f"trainer.pipeline.threads_per_stage={threads}", f"trainer.pipeline.warmup_batches={warmup}",
                  "trainer.max_epochs=1", "trainer.limit_val_batches=1", f"trainer.accelerator={device}",
-                 "logger=none"]
+                 "logger=none", *extra]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose("config", overrides=overrides)
 
 
 def measure(model: str, batch_size: int, steps: int, stages: list[int], *, threads: int = 2, warmup: int = 3,
-            device: str = "cpu") -> list[dict]:
+            device: str = "cpu", extra: list[str] = ()) -> list[dict]:
     """One row per stage count: stages, threads_per_process, imgs_per_sec, speedup (vs the first entry, K=1)."""
     from layerwise.runs.pipeline import train_pipeline
 
     rows: list[dict] = []
     for k in stages:
         per_process = max(1, threads // k)
-        cfg = _cfg(model, batch_size, steps, k, per_process, warmup, device)
+        cfg = _cfg(model, batch_size, steps, k, per_process, warmup, device, list(extra))
         with tempfile.TemporaryDirectory(prefix="pipeline_bench_") as tmp:
             result = train_pipeline(cfg, Path(tmp))
         ips = float(result["steady_imgs_per_sec"] or 0.0)
@@ -70,13 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--threads", type=int, default=2, help="total CPU threads, split evenly over the stages")
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--override", action="append", default=[], help="more KEY=VALUE for every run")
     args = parser.parse_args(argv)
     from layerwise.runlog import setup_console
 
     setup_console("WARNING")
     rows = [row for model in args.model
             for row in measure(model, args.batch_size, args.steps, args.stages, threads=args.threads,
-                               warmup=args.warmup, device=args.device)]
+                               warmup=args.warmup, device=args.device, extra=args.override)]
     print(markdown(rows))
     return 0
 

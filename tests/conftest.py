@@ -141,6 +141,14 @@ def fork_main(args: list[str], out_root: Path, env: dict, stdout: int, stderr: i
         return pid
     code = 1  # the child: never returns into pytest
     try:
+        import torch
+
+        # GNU OpenMP cannot run a parallel region in the fork of a process that has run one (the child waits for
+        # the parent's worker threads forever): like torch's DataLoader workers, the child uses one thread.
+        torch.set_num_threads(1)
+        import atexit
+
+        atexit._clear()  # this process's exit handlers (pytest's temporary folders ...) are not the child's to run
         os.dup2(stdout, 1)
         os.dup2(stderr, 2)
         sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115

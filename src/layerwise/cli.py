@@ -306,9 +306,16 @@ HELP_SECTIONS: dict[str, Callable[[], str]] = {"groups": config_groups_help, "le
                                                "catalog": catalog_help}
 
 
-def register_help_resolvers() -> None:
-    """`${layerwise_help:groups}` and `${layerwise_help:legacy_flags}`, which conf/hydra/help/layerwise.yaml uses."""
+HELP_FLAGS = ("--help", "-h")
+
+
+def register_help_resolvers(args: list[str] | None = None) -> None:
+    """`${layerwise_help:groups}` and `${layerwise_help:legacy_flags}`, which conf/hydra/help/layerwise.yaml uses.
+
+    With `args` (the command line) and no --help in them the sections resolve to nothing: OmegaConf dereferences
+    hydra.help.template while it merges configs, and listing every group costs ~1.5 s a composition."""
     from omegaconf import OmegaConf
 
-    if not OmegaConf.has_resolver("layerwise_help"):
-        OmegaConf.register_new_resolver("layerwise_help", lambda section: HELP_SECTIONS[section]())
+    wanted = args is None or any(flag in args for flag in HELP_FLAGS)
+    OmegaConf.register_new_resolver("layerwise_help", lambda section: HELP_SECTIONS[section]() if wanted else "",
+                                    replace=True)

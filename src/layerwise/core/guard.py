@@ -8,8 +8,9 @@
   (`train/skipped_batches` per epoch, `skipped_batches` in summary.json).
 
 Cost: the losses of the stages since the last step and the gradients of the groups about to step are checked
-together with one fused max-abs per group (`torch._foreach_norm(ord=inf)`, which, unlike a 2-norm, cannot overflow
-on finite gradients) and ONE device-to-host sync per step point, not per parameter.
+together with one screen per group and ONE device-to-host sync per step point, not per parameter: on GPUs one fused
+max-abs (`torch._foreach_norm(ord=inf)`, which, unlike a 2-norm, cannot overflow on finite gradients), on CPU one sum
+per gradient (a non-finite sum is then confirmed with the max-abs before anything is reported or skipped).
 """
 from __future__ import annotations
 
@@ -52,14 +53,28 @@ def _grads(params) -> list[torch.Tensor]:
     return [p.grad for p in params if p.grad is not None]
 
 
-def _all_finite(tensors: list[torch.Tensor]) -> torch.Tensor | None:
-    """One 0-d bool tensor on the tensors' device (no sync), or None for no tensors."""
-    if not tensors:
-        return None
+def _dense(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     dense = [t for t in tensors if not t.is_sparse]
     if len(dense) != len(tensors):  # sparse gradients (rare): check their values
         dense += [t.coalesce().values() for t in tensors if t.is_sparse]
-    return torch.stack(torch._foreach_norm(dense, ord=math.inf)).isfinite().all()
+    return dense
+
+
+def _exactly_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """A 0-d bool tensor: every element finite (a max-abs cannot overflow on finite values)."""
+    return torch.stack(torch._foreach_norm(_dense(tensors), ord=math.inf)).isfinite().all()
+
+
+def _all_finite(tensors: list[torch.Tensor]) -> torch.Tensor | None:
+    """One 0-d bool tensor on the tensors' device (no sync), or None for no tensors. True is exact; False may be a
+    sum of finite values that overflowed, which `NonFiniteGuard.check` confirms with `_exactly_finite`."""
+    if not tensors:
+        return None
+    if tensors[0].device.type != "cpu":  # one fused multi-tensor kernel
+        return _exactly_finite(tensors)
+    # On CPU the fused max-abs is ~13x slower than one sum per tensor (1.26 ms vs 0.10 ms for a 784-512-512-10
+    # MLP's gradients): a NaN or Inf anywhere makes its sum NaN or Inf, so a finite sum proves every element is.
+    return torch.stack([t.sum() for t in _dense(tensors)]).sum().isfinite()
 
 
 class NonFiniteGuard:
@@ -115,6 +130,11 @@ class NonFiniteGuard:
         if len(devices) > 1:
             flags = [f.cpu() for f in flags]
         ok = torch.stack(flags).tolist()  # the one sync
+        if all(ok):
+            return set()
+        for pos, (good, (what, _, ref)) in enumerate(zip(ok, labels)):
+            if not good and what == "gradient":  # a screen's sum may overflow on finite values: look exactly
+                ok[pos] = bool(_exactly_finite(_grads(groups[ref][1])))
         if all(ok):
             return set()
         findings, skip = [], set()

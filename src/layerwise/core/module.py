@@ -66,6 +66,9 @@ class EpochMeans:
         self._sums[name] = weighted if name not in self._sums else self._sums[name] + weighted
         self._counts[name] = self._counts.get(name, 0) + n
 
+    def pending(self) -> bool:
+        return bool(self._sums)
+
     def pop(self) -> list[tuple[str, torch.Tensor]]:
         means = [(name, total / self._counts[name]) for name, total in self._sums.items()]
         self._sums, self._counts = {}, {}
@@ -117,6 +120,7 @@ class LayerwiseModule(L.LightningModule):
         self._rng_to_restore: dict | None = None
         self._epoch_means = EpochMeans()
         self._epoch_accuracies: dict[str, MulticlassAccuracy] = {}
+        self._eval_means = {split: EpochMeans() for split in EVAL_SPLITS}
         self._samples = 0
         self._t_first = self._t_last = 0.0
 
@@ -280,15 +284,35 @@ class LayerwiseModule(L.LightningModule):
         x = to_channels_last(x) if self.channels_last else x
         split = EVAL_SPLITS[dataloader_idx]
         acc, block_acc = (self.test_acc, self.block_test_acc) if split == "test" else (self.val_acc, self.block_val_acc)
-        log = dict(on_epoch=True, add_dataloader_idx=False)  # no "/dataloader_idx_N" suffix on the names
         logits, exits = self.rule.evaluate(self.net, x)
-        self.log(f"{split}/loss", F.cross_entropy(logits, y), batch_size=len(y), sync_dist=True, **log)
+        self._eval_means[split].add(f"{split}/loss", F.cross_entropy(logits, y), len(y))
         acc.update(logits, y)
-        self.log(f"{split}/acc", acc, **log)
         for i in self.reported_blocks:
-            metric = block_acc[str(i)]
-            metric.update(exits.get(i, logits), y)
-            self.log(f"block{i}/{split}_acc", metric, **log)
+            block_acc[str(i)].update(exits.get(i, logits), y)
+        if batch_idx + 1 >= self._eval_batches(dataloader_idx):  # before the callbacks' epoch-end hooks read them
+            self._log_eval_values(split)
+
+    def _eval_batches(self, dataloader_idx: int) -> float:
+        trainer = self.trainer
+        counts = trainer.num_sanity_val_batches if trainer.sanity_checking else trainer.num_val_batches
+        return counts[dataloader_idx] if isinstance(counts, list) else counts
+
+    def _log_eval_values(self, split: str) -> None:
+        """One split's loss and accuracies, logged once per evaluation (as in training, a `self.log` per batch cost
+        about as much as a small network's evaluation step)."""
+        acc, block_acc = (self.test_acc, self.block_test_acc) if split == "test" else (self.val_acc, self.block_val_acc)
+        log = dict(on_epoch=True, add_dataloader_idx=False)  # no "/dataloader_idx_N" suffix on the names
+        for name, mean in self._eval_means[split].pop():
+            self.log(name, mean, batch_size=1, sync_dist=True, **log)  # DDP: mean over processes
+        if acc.update_count:
+            self.log(f"{split}/acc", acc, **log)
+            for i in self.reported_blocks:
+                self.log(f"block{i}/{split}_acc", block_acc[str(i)], **log)
+
+    def on_validation_epoch_end(self) -> None:
+        for split in EVAL_SPLITS:  # normally done at each loader's last batch; here when its length was unknown
+            if self._eval_means[split].pending():
+                self._log_eval_values(split)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.rule.evaluate(self.net, x)[0]

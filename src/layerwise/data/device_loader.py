@@ -74,9 +74,36 @@ class DeviceImages:
             images, labels = images[pick], labels[pick]
         self.images, self.labels = images.to(device), labels.long().to(device)
         self.transform = transform if transform is not None else getattr(base, "transform", None)
+        if self.images.is_floating_point() and _deterministic(self.transform):
+            # Elementwise steps on float pixels: done once here gives every batch's values bit for bit, in the
+            # same memory (uint8 sets stay uint8: converted per batch, a float copy would take 4x the memory).
+            self.images = BatchAugment(self.transform)(self.images, None)
+            self.transform = v2.Identity()
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+#: The v2 steps that draw nothing at random: a batch through them equals the per-sample results stacked.
+DETERMINISTIC_STEPS = (v2.ToImage, v2.ToDtype, v2.Resize, v2.Normalize, v2.Identity)
+
+
+def _deterministic(transform) -> bool:
+    steps = list(getattr(transform, "transforms", [transform])) if transform is not None else []
+    return all(isinstance(step, DETERMINISTIC_STEPS) for step in steps)
+
+
+def batches_exactly(ds: Dataset) -> bool:
+    """Whether `ds` (after subsets) is held in memory as arrays and its transform is deterministic, so that whole
+    batches sliced from one tensor are exactly what the per-sample DataLoader gives (nothing random to reseed)."""
+    base, _ = _base_and_indices(ds)
+    if not _deterministic(getattr(base, "transform", None)):
+        return False
+    try:
+        _as_tensors(base)
+    except ConfigError:
+        return False
+    return True
 
 
 class BatchAugment:

@@ -23,7 +23,13 @@ from layerwise.data.datasets import (
     _decode_steps,
     loader_of,
 )
-from layerwise.data.device_loader import LOADER_KINDS, DeviceImages, DeviceLoader, check_device_loader
+from layerwise.data.device_loader import (
+    LOADER_KINDS,
+    DeviceImages,
+    DeviceLoader,
+    batches_exactly,
+    check_device_loader,
+)
 from layerwise.data.options import check_val_fraction  # noqa: F401  (re-exported)
 from layerwise.data.sampling import WORKER_SEEDS, EpochSampler, SeededSamples, mix_seed
 from layerwise.errors import ConfigError
@@ -206,9 +212,11 @@ class ImageDataModule(L.LightningDataModule):
         sampler = EpochSampler(len(ds), self.seed, int(self.cfg.batch_size), shuffle=train)
         sampler.shard(rank, world_size)
         if self.loader_kind == "device":
-            if name not in self._on_device:  # converted once, reused by every later loader
-                self._on_device[name] = DeviceImages(ds, self.device)
-            return DeviceLoader(self._on_device[name], sampler, train=train)
+            return self._batched(name, ds, sampler, train, self.device)
+        if self.cfg.num_workers is None and world_size == 1 and batches_exactly(ds):
+            # Arrays in memory with a deterministic transform: slicing whole batches gives the per-sample
+            # DataLoader's tensors without a Python call, a transform call or a worker process per sample.
+            return self._batched(name, ds, sampler, train, torch.device("cpu"))
         workers = self._workers()
         # Its own generator: creating an iterator draws a worker base seed, which would otherwise advance the
         # global RNG (and so change dropout and every later draw of the run) at each epoch and evaluation.
@@ -219,6 +227,11 @@ class ImageDataModule(L.LightningDataModule):
                           sampler=sampler if train else eval_sampler, shuffle=False, num_workers=workers,
                           pin_memory=self.pin_memory, persistent_workers=workers > 0, drop_last=False,
                           generator=generator)
+
+    def _batched(self, name: str, ds: Dataset, sampler: EpochSampler, train: bool, device: torch.device):
+        if name not in self._on_device:  # converted once, reused by every later loader
+            self._on_device[name] = DeviceImages(ds, device)
+        return DeviceLoader(self._on_device[name], sampler, train=train)
 
     def _process_share(self) -> tuple[int, int]:
         """(rank, world size) under DDP, else (0, 1); the Trainer leaves sharding to this module
