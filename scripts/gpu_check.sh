@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The prepared GPU check (issue 20): every rule one short epoch in fp32 and bf16-mixed, project vs plain throughput,
 # data.loader=device img/s, 2 pipeline stages on one GPU; synthetic CIFAR-shaped data only; a Markdown report in
-# $OUT/gpu_check.md. Sized for <= 8 minutes on one H100/H200 (each of its 4 steps is stopped after 150 s).
+# $OUT/gpu_check.md. Sized for <= 8 minutes on one H100/H200 (its 4 steps are stopped after 240, 90, 60 and 90 s).
 #
 # On a GPU machine that has torch, torchvision, Lightning and torchmetrics but not the rest (the lent machines have no
 # network): make the missing pure-Python wheels here first, carry .whl and the tree there, then run this script.

@@ -7,7 +7,9 @@
 
 Training images per second in steady state (after `warmup` batches) at the last stage, on synthetic 32x32
 data, method=dgl, trainer=pipeline with buffer 0. On CPU the total thread budget is fixed (default 2): K=1 runs
-one process with 2 threads, K=2 two processes with 1 thread each (torch.set_num_threads).
+one process with 2 threads, K=2 two processes with 1 thread each (torch.set_num_threads): the pipeline against
+intra-op threading. With --threads-per-process 1 every process gets one thread: K=2 against one process of the
+same size, the pipeline's own scaling.
 """
 from __future__ import annotations
 
@@ -34,13 +36,14 @@ def _cfg(model: str, batch_size: int, steps: int, stages: int, threads: int, war
 
 
 def measure(model: str, batch_size: int, steps: int, stages: list[int], *, threads: int = 2, warmup: int = 3,
-            device: str = "cpu", extra: list[str] = ()) -> list[dict]:
-    """One row per stage count: stages, threads_per_process, imgs_per_sec, speedup (vs the first entry, K=1)."""
+            device: str = "cpu", extra: list[str] = (), threads_per_process: int | None = None) -> list[dict]:
+    """One row per stage count: stages, threads_per_process, imgs_per_sec, speedup (vs the first entry, K=1).
+    `threads` is split evenly over the stages; `threads_per_process` instead gives every process that many."""
     from layerwise.runs.pipeline import train_pipeline
 
     rows: list[dict] = []
     for k in stages:
-        per_process = max(1, threads // k)
+        per_process = threads_per_process or max(1, threads // k)
         cfg = _cfg(model, batch_size, steps, k, per_process, warmup, device, list(extra))
         with tempfile.TemporaryDirectory(prefix="pipeline_bench_") as tmp:
             result = train_pipeline(cfg, Path(tmp))
@@ -72,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--stages", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--threads", type=int, default=2, help="total CPU threads, split evenly over the stages")
+    parser.add_argument("--threads-per-process", type=int, default=None,
+                        help="instead of --threads: this many threads in every process (K=2 then uses K times more)")
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--override", action="append", default=[], help="more KEY=VALUE for every run")
     args = parser.parse_args(argv)
@@ -80,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_console("WARNING")
     rows = [row for model in args.model
             for row in measure(model, args.batch_size, args.steps, args.stages, threads=args.threads,
-                               warmup=args.warmup, device=args.device, extra=args.override)]
+                               warmup=args.warmup, device=args.device, extra=args.override,
+                               threads_per_process=args.threads_per_process)]
     print(markdown(rows))
     return 0
 

@@ -124,3 +124,38 @@ def test_blocks_run_every_local_method_once_per_number_of_modules():
     for bad in (["--split", "infopro"], ["--blocks", "0,2"]):
         with pytest.raises(SystemExit):
             bench.parse_args(bad)
+
+
+def test_the_small_run_benchmark_reports_the_ratios_of_its_own_measurements(tmp_path):
+    """scripts/small_run_benchmark.py on a tiny workload: both commands run as processes, and the table's ratios
+    are the quotients of the times it reports."""
+    out = tmp_path / "small.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "small_run_benchmark.py"), "--methods", "bp",
+                           "--repeats", "1", "--epochs", "1", "--n-train", "256", "--n-test", "64", "--widths", "32",
+                           "--quiet", "--json", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = json.loads(out.read_text())
+    med = row["median"]  # one repeat: the median of its ratios is its ratio
+    assert row["end_to_end_ratio"] == pytest.approx(row["project_s"][0] / row["plain_s"][0])
+    assert row["loop_ratio"] == pytest.approx(med["project_loop_s"] / med["plain_loop_s"])
+    assert 0 < med["plain_loop_s"] < med["plain_s"] and 0 < med["project_loop_s"] < med["project_s"]
+    assert 0 <= med["project_acc"] <= 1 and 0 <= med["plain_acc"] <= 1
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("| bp |"))
+    assert f"| {row['end_to_end_ratio']:.2f} |" in line and f"| {row['loop_ratio']:.2f} |" in line
+
+
+def test_the_small_run_benchmark_refuses_a_method_the_plain_script_lacks():
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "small_run_benchmark.py"), "--methods", "fa"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 2 and "--methods fa: the plain script implements bp and dgl" in proc.stderr
+
+
+@pytest.mark.slow
+def test_the_gpu_check_writes_its_report_on_a_cpu(tmp_path):
+    """scripts/gpu_check.sh's plumbing without a GPU (step 3, tiny): the Markdown report with the loader's rate."""
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--device", "cpu", "--quick", "--only", "3",
+                           "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = (tmp_path / "gpu_check.md").read_text()
+    assert "## 3. data.loader=device throughput" in report and "img/s" in report
+    assert "| data.loader=device, crop + flip, 5000 images 3x32x32, batch 512 |" in report

@@ -107,6 +107,26 @@ def test_eval_batches_equal_the_standard_loaders(case, fake_cifar):
         assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in pairs)
 
 
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_standard_loader_slices_in_memory_batches_exactly_as_per_sample_loading(case, fake_cifar):
+    """data.loader=standard without augmentation: batches sliced from the arrays (the default for in-memory sets)
+    equal the per-sample DataLoader's (data.num_workers=0 keeps that path), for training and both evaluations."""
+    overrides = [*CASES[case], "data.batch_size=16", "data.val_fraction=0.2", "data.augment.random_crop=false",
+                 "data.augment.horizontal_flip=false"]
+    sliced, per_sample = datamodule(overrides, seed=3), datamodule([*overrides, "data.num_workers=0"], seed=3)
+    assert type(sliced.train_dataloader()).__name__ == "DeviceLoader"
+    assert type(per_sample.train_dataloader()).__name__ == "DataLoader"
+    pairs = [(sliced.train_dataloader(), per_sample.train_dataloader()),
+             *zip(sliced.val_dataloader(), per_sample.val_dataloader(), strict=True)]
+    for a_loader, b_loader in pairs:
+        a_loader.sampler.set_epoch(2) if hasattr(a_loader.sampler, "set_epoch") else None
+        b_loader.sampler.set_epoch(2) if hasattr(b_loader.sampler, "set_epoch") else None
+        batches = list(zip(a_loader, b_loader, strict=True))
+        assert batches and all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in batches)
+    augmented = datamodule([*overrides, *AUGMENTED])
+    assert type(augmented.train_dataloader()).__name__ == "DataLoader"  # random steps: seeded per sample
+
+
 def test_train_batches_use_the_standard_order_and_labels():
     overrides = ["data=digits", "data.subset_train=200", *AUGMENTED]
     standard, device = datamodule(overrides, seed=1), datamodule([*overrides, "data.loader=device"], seed=1)

@@ -127,6 +127,11 @@ class BatchAugment:
             elif not isinstance(step, (v2.ToImage, v2.Identity)):
                 raise ConfigError(f"data.loader=device cannot batch {type(step).__name__}; set data.loader=standard")
 
+    @property
+    def random(self) -> bool:
+        """Whether a batch draws anything (a crop offset, a flip): only then does it need its own generator."""
+        return self.crop is not None or self.flip
+
     def __call__(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         if x.dtype == torch.uint8:
             x = TF.to_dtype(x, torch.float32, scale=True)
@@ -188,7 +193,7 @@ class DeviceLoader:
         for b in range(first, len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             gen = None
-            if self.train:
+            if self.train and self.augment.random:
                 gen = torch.Generator(device=self.data.images.device)
                 gen.manual_seed(mix_seed(self.sampler.seed, AUGMENT, epoch, b))
             yield self.augment(self.data.images[idx], gen), self.data.labels[idx]
