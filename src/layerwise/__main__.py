@@ -59,7 +59,7 @@ def _exit(code) -> None:
         code = 1
     code = 0 if code is None else code
     others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
-    if others or not isinstance(code, int):
+    if others or not isinstance(code, int) or "torch" not in sys.modules:  # without torch the teardown is quick
         raise SystemExit(code)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):

@@ -67,6 +67,7 @@ class DeviceImages:
     """The samples of `ds` (after subsets) as two tensors on `device`; `transform` is ds's v2 pipeline."""
 
     def __init__(self, ds: Dataset, device: torch.device, transform=None):
+        self.dataset = ds  # what a DataLoader's `.dataset` would be
         base, indices = _base_and_indices(ds)
         images, labels = _as_tensors(base)
         if indices is not None:
@@ -183,6 +184,11 @@ class DeviceLoader:
         self.data, self.sampler, self.train = data, sampler, train
         self.batch_size = sampler.batch_size
         self.augment = BatchAugment(data.transform)
+
+    @property
+    def dataset(self) -> Dataset:
+        """The samples, as `DataLoader.dataset` (Lightning and users read it: its length, its transform)."""
+        return self.data.dataset
 
     def __len__(self) -> int:
         return math.ceil(len(self.data) / self.batch_size)
