@@ -127,6 +127,15 @@ def test_the_standard_loader_slices_in_memory_batches_exactly_as_per_sample_load
     assert type(augmented.train_dataloader()).__name__ == "DataLoader"  # random steps: seeded per sample
 
 
+def test_a_set_without_arrays_and_targets_keeps_the_per_sample_loader():
+    """A user's own loader (data._target_) may return any Dataset: without CIFAR-like arrays it is loaded per sample."""
+    from torch.utils.data import TensorDataset
+
+    from layerwise.data.device_loader import batches_exactly
+
+    assert not batches_exactly(TensorDataset(torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)))
+
+
 def test_train_batches_use_the_standard_order_and_labels():
     overrides = ["data=digits", "data.subset_train=200", *AUGMENTED]
     standard, device = datamodule(overrides, seed=1), datamodule([*overrides, "data.loader=device"], seed=1)

@@ -102,7 +102,7 @@ def batches_exactly(ds: Dataset) -> bool:
         return False
     try:
         _as_tensors(base)
-    except ConfigError:
+    except (ConfigError, AttributeError, TypeError, ValueError):  # a user's set without CIFAR-like arrays/targets
         return False
     return True
 
