@@ -31,6 +31,8 @@ MAIN = ROOT / "main.py"
 STEP_TIMEOUTS = (240, 90, 60, 90)
 #: Rules whose defaults need a fully connected network (the rest run on basic_cnn).
 MLP_RULES = ("target_prop", "pepita")
+#: Rules that refuse basic_cnn's defaults, with what they need instead.
+CONV_NEEDS = {"forward_forward": ["model.batch_norm=false"]}  # goodness of blocks without batch norm
 
 
 def run(cmd: list[str], timeout: float, log: Path) -> tuple[int, float, str]:
@@ -60,18 +62,22 @@ def rules_step(args, out: Path) -> tuple[str, float]:
     precisions = ["32-true", "bf16-mixed"]
     n_train, n_test = (256, 128) if args.quick else (1024, 512)
     rows, wall = [], 0.0
-    conv = [r for r in rule_names() if r not in MLP_RULES]
+    conv = [r for r in rule_names() if r not in MLP_RULES and r not in CONV_NEEDS]
     mlp = [r for r in rule_names() if r in MLP_RULES]
-    for model, methods in (("basic_cnn", conv), ("mlp", mlp)):
-        sweep = out / f"rules_{model}"
+    groups = [("basic_cnn", conv, [])] + [("basic_cnn", [r], extra) for r, extra in CONV_NEEDS.items()]
+    groups.append(("mlp", mlp, []))
+    total = sum(len(methods) for _, methods, _ in groups)
+    for g, (model, methods, extra) in enumerate(groups):
+        sweep = out / f"rules_{g}_{model}"
         cmd = [sys.executable, str(MAIN), "-m", f"method={','.join(methods)}",
                f"trainer.precision={','.join(precisions)}", f"model={model}", "data=synthetic", "data.image_size=32",
                f"data.n_train={n_train}", f"data.n_test={n_test}", "data.batch_size=128", "trainer.max_epochs=1",
                f"trainer.accelerator={accelerator}", "logger=none", "trainer.progress_bar=false",
-               f"hydra.sweep.dir={sweep}"]
-        share = max(30.0, args.timeouts[1] * len(methods) / len(conv + mlp))  # by the number of jobs
-        code, seconds, text = run(cmd, share, out / f"rules_{model}.log")
+               f"hydra.sweep.dir={sweep}", *extra]
+        share = max(30.0, args.timeouts[1] * len(methods) / total)  # by the number of jobs
+        code, seconds, text = run(cmd, share, out / f"rules_{g}_{model}.log")
         wall += seconds
+        before = len(rows)
         for job in sorted(sweep.glob("*/.hydra/overrides.yaml"), key=lambda p: int(p.parent.parent.name)):
             job_dir = job.parent.parent
             overrides = dict(line.strip("- \n").split("=", 1) for line in job.read_text().splitlines()
@@ -82,12 +88,13 @@ def rules_step(args, out: Path) -> tuple[str, float]:
             if status not in ("completed",):
                 status += f": {summary.get('error', '')[:120]}".rstrip(": ")
             acc, ips = summary.get("test_acc"), summary.get("imgs_per_sec")
-            rows.append(f"| {overrides.get('method')} | {model} | {overrides.get('trainer.precision')} | {status} | "
+            label = " ".join([model, *extra])
+            rows.append(f"| {overrides.get('method')} | {label} | {overrides.get('trainer.precision')} | {status} | "
                         f"{'-' if acc is None else f'{100 * acc:.1f}'} | {'-' if not ips else f'{ips:.0f}'} |")
         if code == 124:
             rows.append(f"| (the sweep's other jobs) | {model} | - | not run: stopped after "
                         f"{share:.0f} s | - | - |")
-        elif code != 0:
+        elif code != 0 and len(rows) == before:  # no job got as far as its run directory
             rows.append(f"| (sweep) | {model} | - | exit {code}: {last_line(text)} | - | - |")
     table = ["| method | model | precision | status | test acc % | img/s |", "|---|---|---|---|---:|---:|", *rows]
     note = (f"One epoch each on {n_train} synthetic 3x32x32 images (batch 128), tested on {n_test}; "
