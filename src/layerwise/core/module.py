@@ -285,7 +285,7 @@ class LayerwiseModule(L.LightningModule):
         x, y = batch
         x = to_channels_last(x) if self.channels_last else x
         split = EVAL_SPLITS[dataloader_idx]
-        acc, block_acc = (self.test_acc, self.block_test_acc) if split == "test" else (self.val_acc, self.block_val_acc)
+        acc, block_acc = self._eval_metrics(split)
         logits, exits = self.rule.evaluate(self.net, x)
         self._eval_means[split].add(f"{split}/loss", F.cross_entropy(logits, y), len(y))
         acc.update(logits, y)
@@ -293,6 +293,10 @@ class LayerwiseModule(L.LightningModule):
             block_acc[str(i)].update(exits.get(i, logits), y)
         if batch_idx + 1 >= self._eval_batches(dataloader_idx):  # before the callbacks' epoch-end hooks read them
             self._log_eval_values(split)
+
+    def _eval_metrics(self, split: str) -> tuple[MulticlassAccuracy, nn.ModuleDict]:
+        """The split's accuracy and per-block accuracies (the test set's, or the validation split's own)."""
+        return (self.test_acc, self.block_test_acc) if split == "test" else (self.val_acc, self.block_val_acc)
 
     def _eval_batches(self, dataloader_idx: int) -> float:
         trainer = self.trainer
@@ -302,7 +306,7 @@ class LayerwiseModule(L.LightningModule):
     def _log_eval_values(self, split: str) -> None:
         """One split's loss and accuracies, logged once per evaluation (as in training, a `self.log` per batch cost
         about as much as a small network's evaluation step)."""
-        acc, block_acc = (self.test_acc, self.block_test_acc) if split == "test" else (self.val_acc, self.block_val_acc)
+        acc, block_acc = self._eval_metrics(split)
         log = dict(on_epoch=True, add_dataloader_idx=False)  # no "/dataloader_idx_N" suffix on the names
         for name, mean in self._eval_means[split].pop():
             self.log(name, mean, batch_size=1, sync_dist=True, **log)  # DDP: mean over processes
