@@ -95,6 +95,15 @@ class RunCheckpoint(ModelCheckpoint):
     by another spelling (a symlinked `experiments/`, a relative path): Lightning compares the saved directory as a
     string and otherwise starts the best score afresh, so best.ckpt would be overwritten by a worse epoch."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._state_key = super().state_key  # its settings are fixed from here on
+
+    @property
+    def state_key(self) -> str:
+        # Lightning names every hook call of every step after it: built once, not a repr of five settings each time.
+        return self._state_key
+
     def _generate_state_key(self, **kwargs) -> str:
         return f"ModelCheckpoint{kwargs!r}"  # the key plain ModelCheckpoint uses: earlier checkpoints still match
 
