@@ -107,10 +107,16 @@ def test_eval_batches_equal_the_standard_loaders(case, fake_cifar):
         assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in pairs)
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_the_standard_loader_slices_in_memory_batches_exactly_as_per_sample_loading(case, fake_cifar):
+@pytest.mark.parametrize("case, float_copy", [(case, True) for case in sorted(CASES)] + [("cifar_resized", False)])
+def test_the_standard_loader_slices_in_memory_batches_exactly_as_per_sample_loading(case, float_copy, fake_cifar,
+                                                                                   monkeypatch):
     """data.loader=standard without augmentation: batches sliced from the arrays (the default for in-memory sets)
-    equal the per-sample DataLoader's (data.num_workers=0 keeps that path), for training and both evaluations."""
+    equal the per-sample DataLoader's (data.num_workers=0 keeps that path), for training and both evaluations;
+    uint8 images converted to float once, or (over FLOAT_COPY_LIMIT) a batch at a time."""
+    from layerwise.data import device_loader
+
+    if not float_copy:
+        monkeypatch.setattr(device_loader, "FLOAT_COPY_LIMIT", 0)
     overrides = [*CASES[case], "data.batch_size=16", "data.val_fraction=0.2", "data.augment.random_crop=false",
                  "data.augment.horizontal_flip=false"]
     sliced, per_sample = datamodule(overrides, seed=3), datamodule([*overrides, "data.num_workers=0"], seed=3)
@@ -123,6 +129,7 @@ def test_the_standard_loader_slices_in_memory_batches_exactly_as_per_sample_load
         b_loader.sampler.set_epoch(2) if hasattr(b_loader.sampler, "set_epoch") else None
         batches = list(zip(a_loader, b_loader, strict=True))
         assert batches and all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in batches)
+        assert a_loader.data.images.is_floating_point() == float_copy
     augmented = datamodule([*overrides, *AUGMENTED])
     assert type(augmented.train_dataloader()).__name__ == "DataLoader"  # random steps: seeded per sample
 

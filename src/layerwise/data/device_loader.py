@@ -21,6 +21,7 @@ from layerwise.data.sampling import AUGMENT, EpochSampler, mix_seed
 from layerwise.errors import ConfigError
 
 LOADER_KINDS = ("standard", "device")
+FLOAT_COPY_LIMIT = 1 << 30
 
 
 def check_device_loader(cfg) -> None:
@@ -48,19 +49,33 @@ def _base_and_indices(ds: Dataset) -> tuple[Dataset, np.ndarray | None]:
     return ds, None
 
 
+def _array_kind(base: Dataset) -> str | None:
+    """How `base` holds its samples as arrays: "tensor" (TensorImages: float pixels in [0, 1]), "cifar" (uint8
+    (N, H, W, C) numpy), "mnist" (uint8 (N, H, W) tensor), or None (anything else: a user's own Dataset)."""
+    if isinstance(getattr(base, "images", None), torch.Tensor) and hasattr(base, "labels"):
+        return "tensor"
+    data = getattr(base, "data", None)
+    if not hasattr(base, "targets"):
+        return None
+    if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 4:
+        return "cifar"
+    if isinstance(data, torch.Tensor) and data.dtype == torch.uint8 and data.ndim == 3:
+        return "mnist"
+    return None
+
+
 def _as_tensors(base: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """(images (N, C, H, W), labels) without running any transform."""
-    images = getattr(base, "images", None)
-    if isinstance(images, torch.Tensor):  # TensorImages: float pixels in [0, 1]
-        return images, base.labels
-    data = getattr(base, "data", None)
+    kind = _array_kind(base)
+    if kind == "tensor":
+        return base.images, base.labels
+    if kind is None:
+        raise ConfigError(f"data.loader=device cannot convert {type(base).__name__} to one tensor; "
+                          "set data.loader=standard")
     labels = torch.as_tensor(np.asarray(base.targets), dtype=torch.long)
-    if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 4:  # CIFAR: (N, H, W, C)
-        return torch.from_numpy(data).permute(0, 3, 1, 2).contiguous(), labels
-    if isinstance(data, torch.Tensor) and data.dtype == torch.uint8 and data.ndim == 3:  # MNIST: (N, H, W)
-        return data.unsqueeze(1).contiguous(), labels
-    raise ConfigError(f"data.loader=device cannot convert {type(base).__name__} to one tensor; "
-                      "set data.loader=standard")
+    if kind == "cifar":
+        return torch.from_numpy(base.data).permute(0, 3, 1, 2).contiguous(), labels
+    return base.data.unsqueeze(1).contiguous(), labels
 
 
 class DeviceImages:
@@ -75,11 +90,19 @@ class DeviceImages:
             images, labels = images[pick], labels[pick]
         self.images, self.labels = images.to(device), labels.long().to(device)
         self.transform = transform if transform is not None else getattr(base, "transform", None)
-        if self.images.is_floating_point() and _deterministic(self.transform):
-            # Elementwise steps on float pixels: done once here gives every batch's values bit for bit, in the
-            # same memory (uint8 sets stay uint8: converted per batch, a float copy would take 4x the memory).
+        if _deterministic(self.transform) and (self.images.is_floating_point() or self._float_copy_fits()):
+            # Steps applied to each image on its own: done once here gives every batch's values bit for bit.
             self.images = BatchAugment(self.transform)(self.images, None)
             self.transform = v2.Identity()
+
+    def _float_copy_fits(self) -> bool:
+        """Whether uint8 images are converted once too: in host memory, when the float copy is at most
+        FLOAT_COPY_LIMIT (CIFAR-10: 0.6 GB). Per batch, the conversion cost a CPU step of a small network as much
+        as the indexing; on an accelerator it is a few asynchronous kernels, and memory is scarcer there."""
+        if self.images.device.type != "cpu" or len(self.images) == 0:
+            return False
+        one = BatchAugment(self.transform)(self.images[:1], None)
+        return one.numel() * one.element_size() * len(self.images) <= FLOAT_COPY_LIMIT
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -98,13 +121,7 @@ def batches_exactly(ds: Dataset) -> bool:
     """Whether `ds` (after subsets) is held in memory as arrays and its transform is deterministic, so that whole
     batches sliced from one tensor are exactly what the per-sample DataLoader gives (nothing random to reseed)."""
     base, _ = _base_and_indices(ds)
-    if not _deterministic(getattr(base, "transform", None)):
-        return False
-    try:
-        _as_tensors(base)
-    except (ConfigError, AttributeError, TypeError, ValueError):  # a user's set without CIFAR-like arrays/targets
-        return False
-    return True
+    return _deterministic(getattr(base, "transform", None)) and _array_kind(base) is not None
 
 
 class BatchAugment:

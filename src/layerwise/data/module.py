@@ -213,7 +213,7 @@ class ImageDataModule(L.LightningDataModule):
         sampler.shard(rank, world_size)
         if self.loader_kind == "device":
             return self._batched(name, ds, sampler, train, self.device)
-        if self.cfg.num_workers is None and world_size == 1 and batches_exactly(ds):
+        if self.cfg.num_workers is None and world_size == 1 and (name in self._on_device or batches_exactly(ds)):
             # Arrays in memory with a deterministic transform: slicing whole batches gives the per-sample
             # DataLoader's tensors without a Python call, a transform call or a worker process per sample.
             return self._batched(name, ds, sampler, train, torch.device("cpu"))
