@@ -86,10 +86,11 @@ def test_the_generated_option_defaults_are_the_dataclasses():
     options dataclasses say."""
     from omegaconf import OmegaConf
 
-    from layerwise.config.source import SNAPSHOT, build_snapshot
+    from layerwise.config.source import SNAPSHOT, _snapshot, build_snapshot
 
     saved = OmegaConf.to_container(OmegaConf.load(SNAPSHOT))
     assert saved == build_snapshot(), f"{SNAPSHOT.name} is stale: run python -m layerwise.config.source"
+    assert _snapshot() == saved  # the fast reader sees what OmegaConf sees
 
 
 def test_help_and_cfg_job_compose_without_torch():

