@@ -94,6 +94,13 @@ class Preemption(L.Callback):
         for sig in self._previous:
             signal.signal(sig, self._handle)
 
+    def stopped(self) -> None:
+        """The run has stopped and the process leaves with the stop's exit code. A Ctrl-C that arrives from here on
+        (the second of two sent quickly, when the first stop finished first) has nothing left to stop: ignored,
+        instead of a KeyboardInterrupt traceback from whatever exit code Python is running."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     def requeue(self) -> None:
         """Hand over to submitit's handler, which requeues the job and exits (under submitit only)."""
         if self._requeue is not None and self.received is not None:
