@@ -52,7 +52,6 @@ def _exit(code) -> None:
     which after torch, torchvision and Lightning takes 2-2.5 s of a small run (measured; `import torch` alone 0.9 s).
     With a non-daemon thread still running the interpreter's own exit waits for it, as always."""
     import atexit
-    import signal
     import threading
 
     if isinstance(code, str):  # SystemExit("message"): printed, status 1
@@ -62,8 +61,6 @@ def _exit(code) -> None:
     others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
     if others or not isinstance(code, int) or "torch" not in sys.modules:  # without torch the teardown is quick
         raise SystemExit(code)
-    if code == 128 + signal.SIGINT:  # stopped by Ctrl-C: a second, late one must not break the exit handlers
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -70,9 +70,12 @@ class Preemption(L.Callback):
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, error, traceback) -> None:
         for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
+            # Stopped by a signal, the process leaves with the stop's exit code: a later Ctrl-C (the second of two
+            # sent quickly, when the first stop finished first) has nothing left to stop, and Python's default
+            # handler would print a KeyboardInterrupt traceback from whatever exit code is running.
+            signal.signal(sig, signal.SIG_IGN if sig == signal.SIGINT and isinstance(error, Interrupted) else previous)
         self._previous.clear()
 
     def _handle(self, signum: int, frame) -> None:
@@ -93,13 +96,6 @@ class Preemption(L.Callback):
         # Lightning installs its SIGTERM handler once fit has started; one path decides, ours, so put it back.
         for sig in self._previous:
             signal.signal(sig, self._handle)
-
-    def stopped(self) -> None:
-        """The run has stopped and the process leaves with the stop's exit code. A Ctrl-C that arrives from here on
-        (the second of two sent quickly, when the first stop finished first) has nothing left to stop: ignored,
-        instead of a KeyboardInterrupt traceback from whatever exit code Python is running."""
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def requeue(self) -> None:
         """Hand over to submitit's handler, which requeues the job and exits (under submitit only)."""

@@ -252,7 +252,6 @@ def run(cfg: DictConfig, config_checked: bool = False) -> float | None:
             resume = _claim(cfg, run_dir, fresh, accept)
             return objective(cfg, fit(cfg, run_dir, resume, stop, accept=accept))
     except Interrupted as err:
-        stop.stopped()
         if owned:
             _report_interrupted(cfg, run_dir, err, stop)
         else:
