@@ -65,31 +65,31 @@ class EpochMeans:
     FOLD = 256
 
     def __init__(self):
-        self._values: dict[str, list[torch.Tensor]] = {}
-        self._sizes: dict[str, list[int]] = {}
+        self._waiting: dict[str, list[tuple[torch.Tensor, int]]] = {}  # (value, batch size) not yet summed
         self._sums: dict[str, torch.Tensor] = {}
+        self._counts: dict[str, int] = {}
 
     def add(self, name: str, value: torch.Tensor, n: int) -> None:
-        values = self._values.setdefault(name, [])
-        values.append(value.detach())
-        self._sizes.setdefault(name, []).append(n)
-        if len(values) >= self.FOLD:
+        waiting = self._waiting.setdefault(name, [])
+        waiting.append((value.detach(), n))
+        self._counts[name] = self._counts.get(name, 0) + n
+        if len(waiting) >= self.FOLD:
             self._fold(name)
 
     def _fold(self, name: str) -> None:
-        values, sizes = self._values.pop(name), self._sizes[name]
-        weights = torch.tensor(sizes[-len(values):], dtype=torch.float32).to(values[0].device, non_blocking=True)
+        values, sizes = zip(*self._waiting.pop(name))
+        weights = torch.tensor(sizes, dtype=torch.float32).to(values[0].device, non_blocking=True)
         total = (torch.stack(values).float() * weights).sum()
         self._sums[name] = total if name not in self._sums else self._sums[name] + total
 
     def pending(self) -> bool:
-        return bool(self._sizes)
+        return bool(self._counts)
 
     def pop(self) -> list[tuple[str, torch.Tensor]]:
-        for name in list(self._values):
+        for name in list(self._waiting):
             self._fold(name)
-        means = [(name, self._sums[name] / sum(self._sizes[name])) for name in self._sizes]
-        self._values, self._sizes, self._sums = {}, {}, {}
+        means = [(name, self._sums[name] / self._counts[name]) for name in self._counts]
+        self._waiting, self._sums, self._counts = {}, {}, {}
         return means
 
 
